@@ -1,0 +1,61 @@
+"""The sample contract every dataset in data/ follows, the batch collate, and the bad-input policy.
+
+A dataset's `__getitem__` returns a dict with these keys (a dataset leaves out what it does not have,
+and says which keys it has in its docstring):
+
+    key           type / shape          meaning
+    image         (C, H, W) float32     after the dataset's transform; default 3 channels in [0, 1]
+    labels        (L,) float32          over `dataset.label_names`: 1 positive, 0 negative or not mentioned,
+                                        -1 uncertain (real CheXpert-labelled data only)
+    report        str                   "Findings: ... | Impression: ..." (cleaned, data/reports.py)
+    boxes         (N, 4) float32        x1, y1, x2, y2 in pixels of the returned image
+    box_labels    (N,) int64            index into `dataset.box_classes`
+    concepts      (22,) float32         VINDR_CONCEPTS (VinDr, phantoms)
+    diseases      (6,) float32          VINDR_DISEASES (VinDr, phantoms); seed 002 calls these `targets`
+    region_masks  (6, H, W) bool        ANATOMY_REGIONS (phantoms)
+    id            str                   image id (file stem, dicom id, "phantom-<seed>-<index>")
+    patient_id    str                   for patient-level splits
+    view          str                   "PA", "AP", "LATERAL", ...
+
+`collate` stacks tensors of equal shape and keeps everything else (strings, variable-length boxes,
+lists of dicts) as a list, so a batch of B samples has `boxes` as a list of B (N_b, 4) tensors.
+"""
+import torch
+
+
+class DataError(ValueError):
+    """Bad input in a dataset file: the message names the file, the row and what was expected."""
+
+
+class ErrorPolicy:
+    """What a dataset does with bad input: `stop` raises DataError, `skip` prints it once and counts it.
+
+    Adapters call `policy(message)` for each bad file/row/image; with `skip` they then leave that item
+    out. `policy.skipped` holds the messages, and `summary()` is printed after a dataset is indexed.
+    """
+
+    def __init__(self, mode="stop", name="dataset"):
+        if mode not in ("stop", "skip"):
+            raise ValueError(f"data.on_error must be 'stop' or 'skip', got {mode!r}")
+        self.mode, self.name, self.skipped = mode, name, []
+
+    def __call__(self, message):
+        if self.mode == "stop":
+            raise DataError(message)
+        self.skipped.append(message)
+        print(f"[{self.name}] skipped: {message}")
+
+    def summary(self):
+        return f"[{self.name}] skipped {len(self.skipped)} bad item(s)" if self.skipped else ""
+
+
+def collate(samples):
+    """list of sample dicts -> dict of batched values (tensors stacked where shapes agree, else lists)."""
+    batch = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor) and all(v.shape == values[0].shape for v in values):
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = values
+    return batch

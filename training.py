@@ -1,0 +1,456 @@
+"""What all five train_*.py scripts share, and nothing else (STYLE.md habits 2-9, 13).
+
+The training loop itself stays written out in each script; this module holds the pieces around it:
+
+- config: a YAML file, optionally `inherit:`-ing another one, then `a.b=value` overrides (values parsed
+  as YAML, type-checked against the existing value; an unknown key is an error listing close matches).
+- `seed_everything`: python, numpy and torch (CPU and CUDA) from one integer.
+- `setup_device`: device, autocast context and GradScaler. CUDA: bf16 when supported, else fp16 with
+  a GradScaler; CPU: fp32 (a `nullcontext`) unless the config asks for bf16. The loop has no branches.
+- `set_trainable`: sets `requires_grad` on EVERY parameter from a list of name patterns and prints a
+  trainable/frozen table by module. Idempotent, so a phase change is one call.
+- `param_groups` / `build_optimizer`: AdamW, weight decay only on >= 2-D tensors that are not named in
+  `no_weight_decay` (query/ROI tokens, position embeddings, logit scales), optional per-prefix lr_scale.
+- `get_lr` / `set_lr`: warmup + cosine as a pure function of the optimizer step (nothing to checkpoint).
+- checkpoints: one dict (model, optimizer, scaler, step, epoch, phase, best_metric, config, RNG states,
+  tokenizer files), written atomically (tmp file + os.replace), so `last.pt` is never half written.
+- `RunLogger`: JSONL lines in `out_dir/log.jsonl` plus one printed line per log interval.
+- `check_finite`: raises `NonFiniteLoss` with the step and every loss term, before backward, so the run
+  stops without touching the last good checkpoint.
+"""
+import argparse
+import contextlib
+import difflib
+import fnmatch
+import io
+import json
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------------------------------
+# config
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where `3e-4` is a string; read exponent numbers as floats."""
+
+
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                  re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789."))
+
+
+def parse_yaml(text):
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config (unknown key, wrong type, bad YAML)."""
+
+
+class Config(dict):
+    """A nested dict with attribute access: `cfg.train.lr` is `cfg["train"]["lr"]`."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}; keys: {sorted(self)}") from None
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+    @staticmethod
+    def wrap(value):
+        if isinstance(value, dict):
+            return Config({k: Config.wrap(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return [Config.wrap(v) for v in value]
+        return value
+
+    def to_dict(self):
+        def plain(v):
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return [plain(x) for x in v] if isinstance(v, list) else v
+        return plain(self)
+
+
+def flat_keys(tree, prefix=""):
+    """{'a': {'b': 1}} -> ['a.b'] (dotted names of every leaf, for errors and overrides)."""
+    keys = []
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        keys += flat_keys(v, name + ".") if isinstance(v, dict) and v else [name]
+    return keys
+
+
+def _read_yaml(path):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = parse_yaml(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+    parent = tree.pop("inherit", None)
+    if parent is None:
+        return tree
+    base = _read_yaml(path.parent / parent)
+    _merge(base, tree, source=str(path))
+    return base
+
+
+def _merge(base, update, source, prefix=""):
+    """Write `update` into `base`; every key of `update` must already exist in `base`."""
+    for k, v in update.items():
+        name = f"{prefix}{k}"
+        if k not in base:
+            _unknown_key(name, base, prefix, source)
+        if isinstance(base[k], dict) and isinstance(v, dict):
+            _merge(base[k], v, source, name + ".")
+        else:
+            base[k] = v
+
+
+def _unknown_key(name, tree, prefix, source):
+    known = [prefix + k for k in flat_keys(tree)] if isinstance(tree, dict) else []
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys here: {', '.join(known[:12])}"
+    raise ConfigError(f"{source}: unknown config key {name!r}{hint}")
+
+
+def _check_type(name, old, new):
+    if old is None or new is None:
+        return new
+    if isinstance(old, bool) != isinstance(new, bool):
+        raise ConfigError(f"override {name}: expected a bool like {old!r}, got {new!r}")
+    if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+        return float(new)
+    if type(old) is not type(new):
+        raise ConfigError(f"override {name}: expected {type(old).__name__} like {old!r}, "
+                          f"got {type(new).__name__} {new!r}")
+    return new
+
+
+def apply_overrides(cfg, overrides):
+    """Apply `a.b=value` strings (value parsed as YAML) to a nested dict, in place."""
+    all_keys = flat_keys(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        name, text = item.split("=", 1)
+        try:
+            value = parse_yaml(text) if text != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {name}: value {text!r} is not valid YAML: {e}") from None
+        node, parts = cfg, name.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                close = difflib.get_close_matches(name, all_keys, n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(f"unknown config key {name!r}{hint}")
+            if i == len(parts) - 1:
+                node[part] = Config.wrap(_check_type(name, node[part], value))
+            else:
+                node = node[part]
+    return cfg
+
+
+def load_config(path, overrides=()):
+    """YAML file (+ `inherit:` parent) + overrides -> Config."""
+    cfg = Config.wrap(_read_yaml(path))
+    return apply_overrides(cfg, list(overrides))
+
+
+def default_config_path(system):
+    return REPO_ROOT / "configs" / "tiny" / f"{system}.yaml"
+
+
+def base_argparser(system, doc=None):
+    """The arguments every train script takes; scripts add their own (e.g. --phase) before parsing."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(default_config_path(system)),
+                   help="YAML config (default: the embedded tiny default)")
+    p.add_argument("--out", default=None, help=f"run directory (default runs/{system}/<phase>-<time>)")
+    p.add_argument("--resume", default=None, help="checkpoint to resume from (last.pt or best.pt)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-4 model.lambda_token=0.5")
+    return p
+
+
+def make_out_dir(out, system, phase_name):
+    path = Path(out) if out else Path("runs") / system / f"{phase_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_config(cfg, out_dir):
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    print(f"config:\n{text}")
+    atomic_write_bytes(Path(out_dir) / "config.yaml", text.encode())
+
+
+# ----------------------------------------------------------------------------------------------------
+# seeding, device, precision
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def setup_device(device="auto", dtype="auto"):
+    """-> (device, autocast context, GradScaler, dtype name).
+
+    dtype "auto": bfloat16 on a CUDA device that supports it, float16 on an older one, float32 on CPU.
+    The GradScaler is enabled only for float16, so `scaler.scale(loss)` is a no-op otherwise.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if dtype == "auto":
+        if device.type == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"train.dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    if dtype == "float16" and device.type != "cuda":
+        raise ConfigError("train.dtype=float16 needs a CUDA device; use float32 or bfloat16 on CPU")
+    ctx = (contextlib.nullcontext() if dtype == "float32"
+           else torch.autocast(device.type, dtype=getattr(torch, dtype)))
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == "float16"))
+    return device, ctx, scaler, dtype
+
+
+# ----------------------------------------------------------------------------------------------------
+# freezing and the optimizer
+
+def set_trainable(model, trainable, depth=1, verbose=True):
+    """Set requires_grad on every parameter: True iff its name matches one of the fnmatch patterns.
+
+    trainable: list of patterns over parameter names, e.g. ["condition_queries.*", "*lora_*"]; "*" = all.
+    Prints a table of trainable / frozen parameter counts grouped by the first `depth` name parts.
+    Returns the list of trainable parameters.
+    """
+    patterns = [trainable] if isinstance(trainable, str) else list(trainable)
+    rows, params = {}, []
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
+        key = ".".join(name.split(".")[:depth])
+        row = rows.setdefault(key, [0, 0])
+        row[0 if p.requires_grad else 1] += p.numel()
+        if p.requires_grad:
+            params.append(p)
+    unused = [pat for pat in patterns
+              if not any(fnmatch.fnmatchcase(n, pat) for n, _ in model.named_parameters())]
+    if unused:
+        raise ValueError(f"set_trainable: pattern(s) {unused} match no parameter of {type(model).__name__}")
+    if verbose:
+        width = max([len(k) for k in rows] + [6])
+        print(f"{'module':<{width}}  {'trainable':>12}  {'frozen':>12}")
+        for key, (t, f) in rows.items():
+            print(f"{key:<{width}}  {t:>12,}  {f:>12,}")
+        total_t = sum(r[0] for r in rows.values())
+        total_f = sum(r[1] for r in rows.values())
+        print(f"{'total':<{width}}  {total_t:>12,}  {total_f:>12,}")
+    return params
+
+
+def param_groups(model, weight_decay, no_weight_decay=(), lr_scales=None, verbose=True):
+    """AdamW groups: decay iff p.ndim >= 2 and the name matches no `no_weight_decay` pattern.
+
+    lr_scales: {name pattern: scale}, e.g. {"backbone.*": 0.01}; the first matching pattern wins and
+    each group carries `lr_scale`, which `set_lr` multiplies in. Only trainable parameters are used.
+    """
+    lr_scales = lr_scales or {}
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim >= 2 and not any(fnmatch.fnmatchcase(name, pat) for pat in no_weight_decay)
+        scale = next((s for pat, s in lr_scales.items() if fnmatch.fnmatchcase(name, pat)), 1.0)
+        group = groups.setdefault((decay, scale), {"params": [], "names": [], "lr_scale": scale,
+                                                   "weight_decay": weight_decay if decay else 0.0})
+        group["params"].append(p)
+        group["names"].append(name)
+    out = list(groups.values())
+    n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    assert sum(len(g["params"]) for g in out) == n_trainable == len({id(p) for g in out for p in g["params"]})
+    if verbose:
+        for g in out:
+            n = sum(p.numel() for p in g["params"])
+            print(f"param group: weight_decay={g['weight_decay']} lr_scale={g['lr_scale']} "
+                  f"tensors={len(g['params'])} params={n:,}")
+    return out
+
+
+def build_optimizer(model, lr, weight_decay, betas=(0.9, 0.999), no_weight_decay=(), lr_scales=None):
+    """AdamW over the trainable parameters only; call it after set_trainable, again at each phase."""
+    groups = param_groups(model, weight_decay, no_weight_decay, lr_scales)
+    for g in groups:
+        g.pop("names")
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+
+
+def get_lr(step, lr, warmup_steps, total_steps, min_lr=0.0):
+    """Linear warmup over `warmup_steps`, then cosine from `lr` down to `min_lr` at `total_steps`."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def set_lr(optimizer, lr):
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# checkpoints
+
+def atomic_write_bytes(path, data):
+    """Write to a temp file in the same folder, fsync, then os.replace: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def unwrap(model):
+    """The bare module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def tokenizer_files(tokenizer):
+    """tokenizer.save_pretrained into a temp dir -> {file name: bytes}, so a checkpoint is self-contained."""
+    if tokenizer is None:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save_pretrained(d)
+        return {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
+
+
+def write_tokenizer_files(files, directory):
+    """Inverse of tokenizer_files: write them out so AutoTokenizer.from_pretrained(directory) loads."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return directory
+
+
+def save_checkpoint(path, model, optimizer, scaler, step, epoch, phase, best_metric, config,
+                    tokenizer=None, **extra):
+    """One dict with everything a resume needs, written atomically to `path`."""
+    ckpt = {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "step": step, "epoch": epoch, "phase": phase, "best_metric": best_metric,
+        "config": config.to_dict() if isinstance(config, Config) else config,
+        "rng": rng_state(),
+        "tokenizer_files": tokenizer_files(tokenizer),
+        **extra,
+    }
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path, model=None, optimizer=None, scaler=None, restore_rng=True, strict=True):
+    """Load a checkpoint dict and restore what is given. Returns the dict (step, epoch, phase, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if model is not None:
+        result = unwrap(model).load_state_dict(ckpt["model"], strict=strict)
+        if not strict and (result.missing_keys or result.unexpected_keys):
+            print(f"{path}: missing keys {result.missing_keys}, unexpected keys {result.unexpected_keys}")
+    if optimizer is not None and ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    if restore_rng and ckpt.get("rng") is not None:
+        set_rng_state(ckpt["rng"])
+    return ckpt
+
+
+# ----------------------------------------------------------------------------------------------------
+# logging and the non-finite stop
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or inf; the run stops before backward, leaving last.pt as it was."""
+
+
+def check_finite(loss_terms, step):
+    bad = [k for k, v in loss_terms.items() if not torch.isfinite(torch.as_tensor(v).detach()).all()]
+    if bad:
+        terms = ", ".join(f"{k}={float(torch.as_tensor(v).detach().float().mean()):.4g}"
+                          for k, v in loss_terms.items())
+        raise NonFiniteLoss(f"non-finite loss at step {step} ({', '.join(bad)}); terms: {terms}. "
+                            "The last good checkpoint was left untouched.")
+
+
+class RunLogger:
+    """Appends one JSON object per call to out_dir/log.jsonl and prints a compact line."""
+
+    def __init__(self, out_dir, filename="log.jsonl"):
+        self.path = Path(out_dir) / filename
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, echo=True, **record):
+        record = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if echo:
+            parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()]
+            (tqdm_write if "tqdm" in sys.modules else print)(" | ".join(parts))
+
+
+def tqdm_write(text):
+    from tqdm import tqdm
+    tqdm.write(text)
