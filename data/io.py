@@ -1,0 +1,403 @@
+"""Shared file handling of the real-dataset adapters (iu_xray, mimic_cxr, nih, vindr).
+
+- DATA_ROOT convention: a config gives `data.root`; `data_root(root, expected, dataset)` checks that the
+  folder and the files the adapter needs are there, else ONE error that lists every expected file.
+- CSV: the csv module (quoted fields with line breaks work); `.gz` files are read transparently. Rows carry
+  the file line number; a row with the wrong number of cells, or a cell that does not parse, becomes one
+  message naming the file, the line and what was expected. Trailing empty header cells (NIH's split
+  bracket headers leave some) are dropped, and extra cells in a row must then be empty.
+- Images: `load_image` returns an 8-bit 'L' PIL image, or raises DataError naming the file (missing or not
+  decodable). 16-bit images are scaled min-max to 8 bit. A corrupt image is never replaced by zeros.
+- Patient-level split: made once (seeded shuffle of the sorted patient ids, cut by fractions), saved as JSON
+  `{"dataset", "seed", "fractions", "patients": {patient_id: "train"|"val"|"test"}}`, and reused when the
+  file exists. A split file that lacks a patient of the data is an error (delete it or pass the right one).
+- `RecordDataset`: the common torch Dataset. An adapter indexes its files into records (plain dicts) and
+  this class loads the image, rescales the boxes from the frame they were written in to the loaded image,
+  checks that they lie inside it, applies the paired transform and returns the sample dict of data/sample.py.
+  With `on_error="skip"` a record that fails at load time (unreadable image, box outside the image) is
+  reported and the NEXT record is returned instead; `check_images=True` finds such records when the
+  dataset is built, so the count in `summary()` is exact before training.
+"""
+import csv
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data.sample import DataError, ErrorPolicy
+from data.transforms import to_tensor_transform
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# root and files
+
+def data_root(root, expected, dataset):
+    """Check `data.root` and the files under it. expected: relative paths; a tuple means 'one of these'."""
+    listing = ", ".join(" or ".join(e) if isinstance(e, tuple) else e for e in expected)
+    if root is None or str(root) == "":
+        raise DataError(f"{dataset}: no data.root given; set data.root to the folder that holds: {listing}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{dataset}: data.root '{root}' is not a folder; expected there: {listing}")
+    missing = [e for e in expected if not any((root / name).exists() for name in (e if isinstance(e, tuple) else (e,)))]
+    if missing:
+        names = ", ".join(" or ".join(m) if isinstance(m, tuple) else m for m in missing)
+        raise DataError(f"{dataset}: missing under data.root '{root}': {names}; expected there: {listing}")
+    return root
+
+
+def first_existing(root, names):
+    """root / the first of names that exists (e.g. a `.csv.gz` or the plain `.csv`), else DataError."""
+    for name in names:
+        if (Path(root) / name).exists():
+            return Path(root) / name
+    raise DataError(f"none of {', '.join(names)} found in '{root}'")
+
+
+def open_text(path, mode="r"):
+    path = Path(path)
+    if path.suffix == ".gz":
+        return gzip.open(path, mode + "t", encoding="utf-8", newline="")
+    return open(path, mode, encoding="utf-8", newline="")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CSV
+
+def read_csv(path, policy):
+    """-> (header list, [(line_number, cells list)]), rows with a wrong cell count reported through policy."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"file not found: {path}")
+    with open_text(path) as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: the file is empty, expected a header row") from None
+        while header and header[-1].strip() == "":
+            header = header[:-1]
+        header = [h.strip() for h in header]
+        rows = []
+        for cells in reader:
+            if not cells:
+                continue
+            while len(cells) > len(header) and cells[-1].strip() == "":
+                cells = cells[:-1]
+            if len(cells) != len(header):
+                policy(f"{path} line {reader.line_num}: expected {len(header)} columns "
+                       f"({', '.join(header)}), found {len(cells)}")
+                continue
+            rows.append((reader.line_num, cells))
+    return header, rows
+
+
+def column_index(header, names, path):
+    """-> {name: position}; every name must be in the header (exact spelling)."""
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the header has {header}")
+    return {n: header.index(n) for n in names}
+
+
+def parse_float(cell, path, line, column):
+    try:
+        return float(cell)
+    except ValueError:
+        raise DataError(f"{path} line {line}: column '{column}' must be a number, got {cell!r}") from None
+
+
+def parse_label(cell, path, line, column, allowed=(1.0, 0.0, -1.0)):
+    """'1.0' / '0' / '-1.0' / '' (blank = not mentioned -> None)."""
+    if cell.strip() == "":
+        return None
+    value = parse_float(cell, path, line, column)
+    if value not in allowed:
+        raise DataError(f"{path} line {line}: column '{column}' must be one of {allowed} or blank, got {cell!r}")
+    return value
+
+
+def write_csv(path, header, rows):
+    """Write a CSV (gzip when the name ends in .gz); folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open_text(path, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# images
+
+def load_image(path, context=""):
+    """-> PIL 'L' image; DataError naming the file (and context, e.g. the CSV row) if missing or unreadable."""
+    path = Path(path)
+    where = f" ({context})" if context else ""
+    if not path.exists():
+        raise DataError(f"image not found: {path}{where}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                return _scale_to_uint8(np.asarray(image, np.float64))
+            return image.convert("L")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot read image {path}{where}: {error}; expected a readable PNG/JPEG") from None
+
+
+def _scale_to_uint8(pixels):
+    low, high = float(pixels.min()), float(pixels.max())
+    scaled = np.zeros_like(pixels) if high <= low else (pixels - low) / (high - low) * 255
+    return Image.fromarray(scaled.round().astype(np.uint8))
+
+
+def require_pydicom():
+    """pydicom is optional: only DICOM reading needs it; without it, one message says what to do."""
+    try:
+        import pydicom  # noqa: F401
+    except ImportError:
+        raise DataError("reading DICOM images needs pydicom: `pip install pydicom`, or convert the images to PNG "
+                        "once and give image_sizes.csv (image_id,height,width of the original DICOM)") from None
+
+
+def load_dicom(path, context=""):
+    """DICOM -> PIL 'L': VOI LUT when present, MONOCHROME1 inverted, min-max to 8 bit. Needs pydicom."""
+    require_pydicom()
+    import pydicom
+    from pydicom.pixel_data_handlers.util import apply_voi_lut
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"image not found: {path}{f' ({context})' if context else ''}")
+    try:
+        dicom = pydicom.dcmread(str(path))
+        pixels = apply_voi_lut(dicom.pixel_array, dicom).astype(np.float64)
+    except Exception as error:  # pydicom raises many types for bad files
+        raise DataError(f"cannot read DICOM {path}: {error}") from None
+    if getattr(dicom, "PhotometricInterpretation", "") == "MONOCHROME1":
+        pixels = pixels.max() - pixels
+    return _scale_to_uint8(pixels)
+
+
+def image_uint8(sample_image):
+    """Sample image tensor (C, H, W) in [0, 1] -> (H, W) uint8 numpy of channel 0 (for the phantom writers)."""
+    return (sample_image[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def save_image(pixels, path, quality=95):
+    """(H, W) uint8 -> PNG or JPEG by the file suffix; folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=quality) if path.suffix in (".jpg", ".jpeg") \
+        else Image.fromarray(pixels).save(path)
+
+
+def check_box(box, width, height, where, tolerance=1.0):
+    """box (4,) xyxy must satisfy 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height (within tolerance px)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not (x1 >= -tolerance and y1 >= -tolerance and x2 <= width + tolerance and y2 <= height + tolerance
+            and x1 < x2 and y1 < y2):
+        raise DataError(f"{where}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] (x1, y1, x2, y2) is not inside the "
+                        f"{width:g}x{height:g} image; expected 0 <= x1 < x2 <= {width:g} and 0 <= y1 < y2 <= {height:g}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# patient-level splits
+
+def make_patient_split(patients, fractions=(0.7, 0.15, 0.15), seed=0):
+    """-> {patient_id: split}; sorted ids shuffled by numpy's Generator(seed), cut at the fractions."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+    ordered = sorted(set(patients))
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    # cumulative cut points, so a zero fraction gets no patient whatever the rounding
+    end_train = round(fractions[0] * len(ordered))
+    end_val = round((fractions[0] + fractions[1]) * len(ordered))
+    assignment = {}
+    for rank, position in enumerate(order):
+        assignment[ordered[position]] = "train" if rank < end_train else "val" if rank < end_val else "test"
+    return assignment
+
+
+def load_or_make_split(path, patients, fractions, seed, dataset):
+    """Reuse the split file at `path` if it exists (checking it covers `patients`), else make and save it."""
+    path = Path(path)
+    patients = set(patients)
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())["patients"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise DataError(f"{dataset}: split file {path} is not a split JSON with a 'patients' map "
+                            f"({error})") from None
+        bad = sorted({v for v in stored.values() if v not in SPLIT_NAMES})
+        if bad:
+            raise DataError(f"{dataset}: split file {path} has split names {bad}; expected {list(SPLIT_NAMES)}")
+        missing = sorted(patients - set(stored))
+        if missing:
+            raise DataError(f"{dataset}: split file {path} does not match the data: {len(missing)} of "
+                            f"{len(patients)} patients have no split (first: {missing[:3]}); delete the file to "
+                            f"make a new split or pass the split file made for this data")
+        return {p: stored[p] for p in patients}
+    assignment = make_patient_split(patients, fractions, seed)
+    payload = {"dataset": dataset, "seed": seed, "fractions": list(fractions), "patients": assignment}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(path.suffix + ".tmp")
+        temporary.write_text(json.dumps(payload, indent=0, sort_keys=True))
+        os.replace(temporary, path)
+    except OSError as error:
+        raise DataError(f"{dataset}: cannot write the split file {path} ({error}); pass data.split_file "
+                        f"pointing to a writable place") from None
+    print(f"[{dataset}] wrote patient split {path}: " +
+          ", ".join(f"{s} {sum(v == s for v in assignment.values())}" for s in SPLIT_NAMES) + " patients")
+    return assignment
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the shared Dataset
+
+class RecordDataset(torch.utils.data.Dataset):
+    """Records (dicts) -> sample dicts. Keys of a record:
+
+    image_path  Path              read with load_image (or `self.read_image`)
+    where       str               file and line that produced the record, for error messages
+    id, patient_id, view  str
+    labels      (L,) float32      over `self.label_names`
+    boxes       (N, 4) float32    xyxy in the pixel frame `box_frame` (optional)
+    box_labels  (N,) int64        index into `self.box_classes` (optional)
+    box_frame   (width, height)   size of the image the boxes were drawn on; None = the loaded image
+    report      str               (optional; subclasses may override `read_report`)
+    extra       dict of arrays    further sample keys (concepts, diseases)
+    """
+
+    label_names, box_classes = [], []
+
+    def __init__(self, records, transform, policy, name, check_images=False):
+        self.transform = transform if transform is not None else to_tensor_transform()
+        self.policy, self.name = policy, name
+        self.records = records
+        if check_images:
+            self.records = [r for r in records if self._image_ok(r)]
+
+    def _image_ok(self, record):
+        try:
+            image = self.read_image(record)
+            self._boxes_in_image(record, image.size)
+            return True
+        except DataError as error:
+            self.policy(str(error))
+            return False
+
+    def read_image(self, record):
+        return load_image(record["image_path"], record["where"])
+
+    def read_report(self, record):
+        return record.get("report")
+
+    def _boxes_in_image(self, record, image_size):
+        """Boxes from their frame to the loaded image size -> (N, 4) float32, each checked inside the frame."""
+        boxes = record.get("boxes", np.zeros((0, 4), np.float32))
+        frame = record.get("box_frame") or image_size
+        for box in boxes:
+            check_box(box, frame[0], frame[1], record["where"])
+        scale = np.array([image_size[0] / frame[0], image_size[1] / frame[1]] * 2, np.float32)
+        return (boxes * scale).astype(np.float32)
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self.records):
+            raise IndexError(f"[{self.name}] index {index} out of range for {len(self.records)} records")
+        for attempt in range(len(self.records)):
+            record = self.records[(index + attempt) % len(self.records)]
+            try:
+                return self._sample(record)
+            except DataError as error:
+                self.policy(str(error))  # stop: raises; skip: counted, try the next record
+        raise DataError(f"[{self.name}] no record could be loaded ({len(self.policy.skipped)} failed)")
+
+    def _sample(self, record):
+        image = self.read_image(record)
+        boxes = self._boxes_in_image(record, image.size)
+        image, boxes, _ = self.transform(image, boxes, None)
+        sample = {"image": image, "labels": torch.as_tensor(record["labels"], dtype=torch.float32)}
+        if "boxes" in record:
+            sample["boxes"] = boxes
+            sample["box_labels"] = torch.as_tensor(record["box_labels"], dtype=torch.int64)
+        for key, value in record.get("extra", {}).items():
+            sample[key] = torch.as_tensor(value, dtype=torch.float32)
+        report = self.read_report(record)
+        if report is not None:
+            sample["report"] = report
+        sample.update(id=record["id"], patient_id=record["patient_id"], view=record["view"])
+        return sample
+
+    def summary(self):
+        patients = len({r["patient_id"] for r in self.records})
+        line = f"[{self.name}] {len(self.records)} images from {patients} patients"
+        return line + (f"; {self.policy.summary()}" if self.policy.skipped else "")
+
+
+def make_policy(on_error, name):
+    return on_error if isinstance(on_error, ErrorPolicy) else ErrorPolicy(on_error, name)
+
+
+def row_errors(policy, rows, parse_row):
+    """Apply parse_row(line, cells) to each row; a DataError becomes one policy message and the row is left out."""
+    results = []
+    for line, cells in rows:
+        try:
+            results.append(parse_row(line, cells))
+        except DataError as error:
+            policy(str(error))
+    return results
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers of the phantom writers
+
+def iterate_samples(dataset_or_samples):
+    """Sample dicts of a Dataset (by index, so a procedural dataset ends at len) or of a list."""
+    if isinstance(dataset_or_samples, (list, tuple)):
+        return list(dataset_or_samples)
+    return [dataset_or_samples[i] for i in range(len(dataset_or_samples))]
+
+
+
+def read_label_table(path, key_column, names, policy, allowed=(1.0, 0.0, -1.0)):
+    """CSV with a key column and one column per label NAME (any order) -> {key: (L,) float32}, blank -> 0.
+
+    Used for CheXbert / CheXpert-labeler output and MIMIC's chexpert CSV (1 / 0 / -1 / blank).
+    """
+    header, rows = read_csv(path, policy)
+    columns = column_index(header, [key_column] + list(names), path)
+
+    def parse(line, cells):
+        key = cells[columns[key_column]].strip()
+        if not key:
+            raise DataError(f"{path} line {line}: column '{key_column}' is empty")
+        values = [parse_label(cells[columns[n]], path, line, n, allowed) for n in names]
+        return key, np.array([0.0 if v is None else v for v in values], np.float32)
+
+    table = {}
+    for key, labels in row_errors(policy, rows, parse):
+        if key in table:
+            policy(f"{path}: '{key_column}' {key} appears twice; expected one row per {key_column}")
+            continue
+        table[key] = labels
+    return table
+
+
+def rule_labels(report, names):
+    """Labels of a report text by data/labeler.py's rule-based labeler; None (not mentioned) -> 0."""
+    from data.labeler import label_report
+    found = label_report(report)
+    return np.array([0.0 if found[n] is None else float(found[n]) for n in names], np.float32)
