@@ -113,13 +113,17 @@ def heart_distance(x, y, anatomy):
 def _inside_point(rng, anatomy, side, zone, margin, lateral=(-0.5, 0.8)):
     """A point of one lung zone at least `margin` inside the lung and outside the heart and mediastinum.
 
-    32 candidates are drawn at once; the first that fits wins, else the one that fits best."""
+    32 candidates are drawn at once; the first that fits wins. If none fits (a large heart can cover the
+    medial lung), 32 more are drawn across the whole lung width; then the one that fits best wins."""
     lung = lung_geometry(anatomy, side)
     low, high = ZONE_RANGES[zone]
-    x = lung["cx"] + lung["sign"] * rng.uniform(*lateral, 32) * lung["r"]
-    y = lung["top"] + rng.uniform(low, high, 32) * (lung["dome"] - lung["top"])
-    score = np.minimum(np.minimum(lung_distance(x, y, lung), -heart_distance(x, y, anatomy)),
-                       np.abs(x - 0.5) - anatomy["mediastinum_half"]) - margin
+    for lateral_range in (lateral, (-0.5, 0.9)):
+        x = lung["cx"] + lung["sign"] * rng.uniform(*lateral_range, 32) * lung["r"]
+        y = lung["top"] + rng.uniform(low, high, 32) * (lung["dome"] - lung["top"])
+        score = np.minimum(np.minimum(lung_distance(x, y, lung), -heart_distance(x, y, anatomy)),
+                           np.abs(x - 0.5) - anatomy["mediastinum_half"]) - margin
+        if (score > 0).any():
+            break
     best = int(np.argmax(score > 0)) if (score > 0).any() else int(np.argmax(score))
     return float(x[best]), float(y[best])
 
@@ -197,8 +201,12 @@ def sample_findings(rng, anatomy, healthy_fraction, names=None):
             detail = "linear" if size == "small" else "segmental"
             zone = ("middle", "lower")[rng.integers(2)] if detail == "linear" else "lower"
             if detail == "segmental":
-                lung = lung_geometry(anatomy, side)
-                p["center"] = (lung["cx"] + lung["sign"] * 0.3 * lung["r"], lung["dome"] - 0.035)
+                lung = lung_geometry(anatomy, side)  # basal, lateral enough to clear an enlarged heart
+                lateral = np.array([0.3, 0.4, 0.5, 0.6, 0.7])
+                x, y = lung["cx"] + lung["sign"] * lateral * lung["r"], np.full(5, lung["dome"] - 0.035)
+                score = np.minimum(lung_distance(x, y, lung), -heart_distance(x, y, anatomy)) - 0.02
+                best = int(np.argmax(score > 0)) if (score > 0).any() else int(np.argmax(score))
+                p["center"] = (float(x[best]), float(y[best]))
                 p["axes"], p["angle"] = (0.075, 0.05), 0.0
             else:
                 p["center"] = _inside_point(rng, anatomy, side, zone, 0.07, lateral=(-0.2, 0.4))

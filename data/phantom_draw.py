@@ -343,6 +343,7 @@ def _draw_consolidation(canvas, anatomy, finding):
 def _draw_atelectasis(canvas, anatomy, finding):
     p = finding["params"]
     (cx, cy), (a, b), angle = p["center"], p["axes"], p["angle"]
+    b = max(b, 1.0 / canvas.size)  # a linear band stays at least a pixel thick at 64 px
     window = canvas.window(p["center"], 1.3 * a)
     x, y = canvas.x[window] - cx, canvas.y[window] - cy
     along, across = x * math.cos(angle) + y * math.sin(angle), -x * math.sin(angle) + y * math.cos(angle)

@@ -316,3 +316,16 @@ def test_preview_writes_a_png(tmp_path):
     path = preview(tmp_path / "grid.png", n=2, size=64, seed=0, columns=2)
     image = Image.open(path)
     assert image.size[0] == 2 * (64 + 8) and image.mode == "RGB"
+
+
+@pytest.mark.parametrize("seed, index, size, names", [
+    (7, 2539, 128, None),  # segmental atelectasis under a severely enlarged heart
+    (11, 1241, 64, ["cardiomegaly", "atelectasis"]),  # linear atelectasis, heart covering the medial lung
+])
+def test_atelectasis_beside_a_large_heart_is_still_drawn(seed, index, size, names):
+    phantom = make_chest_phantom(seed, index, size, finding_names=names)
+    (box,) = [b for b, f in zip(phantom["boxes"], phantom["findings"]) if f["name"] == "atelectasis"]
+    assert box[2] > box[0] and box[3] > box[1]
+    x1, y1, x2, y2 = (int(v) for v in box)
+    lung = phantom["region_masks"][1]  # the patient's left lung (image right) holds these atelectases
+    assert lung[y1:y2, x1:x2].any()
