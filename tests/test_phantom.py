@@ -329,3 +329,16 @@ def test_atelectasis_beside_a_large_heart_is_still_drawn(seed, index, size, name
     x1, y1, x2, y2 = (int(v) for v in box)
     lung = phantom["region_masks"][1]  # the patient's left lung (image right) holds these atelectases
     assert lung[y1:y2, x1:x2].any()
+
+
+def test_cache_returns_the_same_samples_and_is_not_changed_by_callers():
+    plain, cached = ChestPhantomDataset(6, 64, seed=3), ChestPhantomDataset(6, 64, seed=3, cache=True)
+    for i in range(6):
+        first = cached[i]
+        first["boxes"] += 5.0  # a caller that edits its sample in place must not reach the cache
+        first["findings"].append({"name": "intruder"})
+        again, reference = cached[i], plain[i]
+        assert set(cached.cache) == set(range(i + 1))
+        for key in ("image", "boxes", "labels", "region_masks", "box_labels"):
+            assert torch.equal(again[key], reference[key]), key
+        assert again["findings"] == reference["findings"] and again["report"] == reference["report"]
