@@ -1,0 +1,175 @@
+"""Video encoders of VideoAttentionCLIP (seed 003 "Core Components" 1 and "Detailed Architecture" A):
+Simple3DEncoder, Simple2DEncoder, SimpleCNNLSTMEncoder and MapGuidedVideoEncoder.
+
+    feat = Simple3DEncoder(3, D)(video)                        video (B, 3, T, H, W) -> (B, D)
+    feat, tokens, gate, attn_grid = MapGuidedVideoEncoder(...)(video, attn_map)
+
+Design choices:
+- Small conv stacks (conv 3x3(x3) -> BatchNorm -> ReLU), channels width, 2*width, 4*width. The 3D trunk
+  strides (1,2,2), (2,2,2), (1,1,1): a (T, H, W) clip becomes a (T/2, H/4, W/4) token grid with F = 4*width
+  channels (8 x 32 x 32 -> 4 x 8 x 8 = 256 tokens), fine enough for a gaze map to pick out one object.
+  The 2D trunk uses strides 2, 2, 1 per frame.
+- Features before projection are a Linear(F -> D) of the pooled trunk output (no activation), so the
+  classifier and the projection heads see the same D-dim vector the seed calls `video_feat`.
+- MapGuidedVideoEncoder, `map_guided_type` (the attention map is first average-pooled to the token grid,
+  a (B, A, T', H', W'); "contribution" c_n is token n's term in the pooled sum, so pooled = sum_n c_n):
+    spatiotemporal: gate g = act(Conv1x1(ReLU(Conv3x3x3(a)))) of shape (B, F, T', H', W'), one gate per
+                    token and channel computed from the map around that token; c_n = g_n * x_n / N.
+    channel:        the seed's description: the map summarizes the video into one per-channel vector
+                    s = sum_n a_n x_n / sum_n a_n (map-weighted global average), an MLP turns s into a
+                    channel gate g (B, F); c_n = g * x_n / N (every position gated alike).
+    weighted_pool:  no learned gate: w_n = a_n / sum_m a_m, c_n = w_n x_n (pure attention pooling);
+                    `video_gate` returns w as (B, 1, T', H', W') so the same plot shows it.
+  act is a sigmoid (gate in [0, 1]) or, with `map_guided_sigmoid_gate=false`, the identity (a linear,
+  unbounded gate whose last bias starts at 1, so the untrained gate passes tokens through unchanged).
+- `map_gate` (non-3D backbones, "Detailed Architecture" B): the map's global summary is its average over a
+  coarse (1, 4, 4) grid per attention channel (a plain global average of a per-frame-normalized map would be
+  a constant); an MLP maps it to a gate (B, D) that scales the video feature.
+
+Shape letters: B batch, T frames, H x W frame size, A attention channels, T' x H' x W' token grid,
+N = T'H'W' tokens, F trunk channels, D feature dim (clip_feature_dim), Hd gate hidden dim.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GUIDE_TYPES = ("spatiotemporal", "channel", "weighted_pool")
+MAP_GATE_GRID = (1, 4, 4)  # coarse (T, H, W) grid of the map summary that `map_gate` reads
+
+
+def _conv3d(cin, cout, stride):
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+
+
+def _conv2d(cin, cout, stride):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class Simple3DEncoder(nn.Module):
+    """Small 3D CNN + global average pooling -> one feature vector per clip (the default `3dcnn`)."""
+
+    def __init__(self, in_channels, feature_dim, width=16):
+        super().__init__()
+        self.trunk = nn.Sequential(_conv3d(in_channels, width, (1, 2, 2)), _conv3d(width, 2 * width, (2, 2, 2)),
+                                   _conv3d(2 * width, 4 * width, 1))
+        self.token_dim = 4 * width                                     # F
+        self.proj = nn.Linear(self.token_dim, feature_dim)
+
+    def tokens(self, x):
+        """x: (B, C, T, H, W) -> (B, F, T', H', W')"""
+        return self.trunk(x)
+
+    def forward(self, x):
+        tokens = self.tokens(x)                                        # (B, F, T', H', W')
+        return self.proj(tokens.mean(dim=(2, 3, 4)))                   # (B, D)
+
+
+class _FrameTrunk(nn.Module):
+    """2D CNN applied to every frame: (B, C, T, H, W) -> (B, T, F) per-frame pooled features."""
+
+    def __init__(self, in_channels, width):
+        super().__init__()
+        self.trunk = nn.Sequential(_conv2d(in_channels, width, 2), _conv2d(width, 2 * width, 2),
+                                   _conv2d(2 * width, 4 * width, 1))
+        self.token_dim = 4 * width
+
+    def forward(self, x):
+        B, C, T, H, W = x.shape
+        frames = x.transpose(1, 2).reshape(B * T, C, H, W)             # (B*T, C, H, W)
+        pooled = self.trunk(frames).mean(dim=(2, 3))                   # (B*T, F)
+        return pooled.view(B, T, -1)                                   # (B, T, F)
+
+
+class Simple2DEncoder(nn.Module):
+    """Per-frame 2D CNN, frame features averaged over time (`2dcnn`)."""
+
+    def __init__(self, in_channels, feature_dim, width=16):
+        super().__init__()
+        self.frames = _FrameTrunk(in_channels, width)
+        self.proj = nn.Linear(self.frames.token_dim, feature_dim)
+
+    def forward(self, x):
+        return self.proj(self.frames(x).mean(dim=1))                   # (B, T, F) -> (B, D)
+
+
+class SimpleCNNLSTMEncoder(nn.Module):
+    """Per-frame 2D CNN, then an LSTM over the frames; its final hidden state is the clip (`cnn_lstm`)."""
+
+    def __init__(self, in_channels, feature_dim, width=16):
+        super().__init__()
+        self.frames = _FrameTrunk(in_channels, width)
+        self.lstm = nn.LSTM(self.frames.token_dim, feature_dim, batch_first=True)
+        self.proj = nn.Linear(feature_dim, feature_dim)
+
+    def forward(self, x):
+        per_frame = self.frames(x)                                     # (B, T, F)
+        _, (h_last, _) = self.lstm(per_frame)                          # h_last: (1, B, D)
+        return self.proj(h_last[-1])                                   # (B, D)
+
+
+def _gate_activation(raw, sigmoid_gate):
+    return torch.sigmoid(raw) if sigmoid_gate else raw
+
+
+class MapGuidedVideoEncoder(nn.Module):
+    """3D CNN whose pooling is guided by the attention map (seed 003 "Detailed Architecture" A.d)."""
+
+    def __init__(self, in_channels, attn_in_channels, feature_dim, hidden_dim=64, guide_type="spatiotemporal",
+                 sigmoid_gate=True, width=16):
+        super().__init__()
+        if guide_type not in GUIDE_TYPES:
+            raise ValueError(f"model.map_guided_type must be one of {GUIDE_TYPES}, got {guide_type!r}")
+        self.guide_type, self.sigmoid_gate = guide_type, sigmoid_gate
+        self.backbone = Simple3DEncoder(in_channels, feature_dim, width)
+        token_dim = self.backbone.token_dim                             # F
+        if guide_type == "spatiotemporal":
+            self.gate_net = nn.Sequential(nn.Conv3d(attn_in_channels, hidden_dim, 3, 1, 1), nn.ReLU(inplace=True),
+                                          nn.Conv3d(hidden_dim, token_dim, 1))
+        elif guide_type == "channel":
+            self.gate_net = nn.Sequential(nn.Linear(token_dim, hidden_dim), nn.ReLU(inplace=True),
+                                          nn.Linear(hidden_dim, token_dim))
+        else:
+            self.gate_net = None
+        if self.gate_net is not None and not sigmoid_gate:
+            nn.init.ones_(self.gate_net[-1].bias)                       # linear gate starts as a pass-through
+
+    def forward(self, video, attn_map):
+        """video (B, 3, T, H, W), attn_map (B, A, T, H, W) ->
+        feat (B, D), tokens (B, N, F) contributions, gate (see module docstring), attn_grid (B, N)."""
+        x = self.backbone.tokens(video)                                 # (B, F, T', H', W')
+        B, Fd, Tp, Hp, Wp = x.shape
+        a = F.adaptive_avg_pool3d(attn_map, (Tp, Hp, Wp))               # (B, A, T', H', W')
+        a_sum = a.sum(dim=1, keepdim=True)                              # (B, 1, T', H', W')
+        weights = a_sum.flatten(1) / a_sum.flatten(1).sum(1, keepdim=True).clamp_min(1e-8)   # (B, N)
+        N = Tp * Hp * Wp
+        x_flat = x.flatten(2).transpose(1, 2)                           # (B, N, F)
+        if self.guide_type == "spatiotemporal":
+            gate = _gate_activation(self.gate_net(a), self.sigmoid_gate)   # (B, F, T', H', W')
+            tokens = gate.flatten(2).transpose(1, 2) * x_flat / N       # (B, N, F)
+        elif self.guide_type == "channel":
+            summary = torch.einsum("bn,bnf->bf", weights, x_flat)       # (B, F) map-weighted average
+            gate = _gate_activation(self.gate_net(summary), self.sigmoid_gate)   # (B, F)
+            tokens = gate[:, None, :] * x_flat / N                      # (B, N, F)
+        else:
+            gate = weights.view(B, 1, Tp, Hp, Wp)                       # (B, 1, T', H', W')
+            tokens = weights[:, :, None] * x_flat                       # (B, N, F)
+        pooled = tokens.sum(dim=1)                                      # (B, F)
+        return self.backbone.proj(pooled), tokens, gate, weights        # (B, D), (B, N, F), gate, (B, N)
+
+
+class MapGate(nn.Module):
+    """`map_gate` for non-3D backbones: coarse map summary -> MLP -> gate (B, D) scaling the video feature."""
+
+    def __init__(self, attn_in_channels, feature_dim, hidden_dim=64, sigmoid_gate=True):
+        super().__init__()
+        summary_dim = attn_in_channels * MAP_GATE_GRID[0] * MAP_GATE_GRID[1] * MAP_GATE_GRID[2]
+        self.sigmoid_gate = sigmoid_gate
+        self.mlp = nn.Sequential(nn.Linear(summary_dim, hidden_dim), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden_dim, feature_dim))
+        if not sigmoid_gate:
+            nn.init.ones_(self.mlp[-1].bias)
+
+    def forward(self, attn_map):
+        """attn_map (B, A, T, H, W) -> gate (B, D)"""
+        summary = F.adaptive_avg_pool3d(attn_map, MAP_GATE_GRID).flatten(1)   # (B, A*16)
+        return _gate_activation(self.mlp(summary), self.sigmoid_gate)          # (B, D)
