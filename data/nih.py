@@ -18,7 +18,10 @@ Design choices:
   `Infiltration`; box_labels index NIH_BOX_CLASSES. A box outside the 1024 frame is a bad row.
 - Splits: split="all" takes every image. split_mode="official": test = test_list.txt, and train/val are
   cut by patient from train_val_list.txt (val_fraction); split_mode="patient": 70/15/15 by patient over
-  all images. Both save the patient split in a JSON file and reuse it.
+  all images; split_mode="wsrpn" (research/wsrpn_rodeo.md §5): train = every image of the patients with NO
+  box in BBox_List_2017.csv, val/test = the box patients cut 50/50 by patient (the reference cuts by box rows,
+  half of the rows to val; a patient cut is the reproducible equivalent). All save the patient split in a
+  JSON file and reuse it.
 - Sample keys: image, labels, boxes, box_labels, id (Image Index stem), patient_id, view (View Position).
 """
 from pathlib import Path
@@ -98,8 +101,8 @@ class NihDataset(RecordDataset):
     def __init__(self, root, split="all", transform=None, split_mode="official", val_fraction=0.1,
                  split_file=None, split_seed=0, image_dir="images", with_boxes=True, boxes_only=False,
                  on_error="stop", check_images=False):
-        if split not in ("train", "val", "test", "all") or split_mode not in ("official", "patient"):
-            raise ValueError(f"{DATASET}: split must be train/val/test/all and split_mode official/patient, "
+        if split not in ("train", "val", "test", "all") or split_mode not in ("official", "patient", "wsrpn"):
+            raise ValueError(f"{DATASET}: split must be train/val/test/all and split_mode official/patient/wsrpn, "
                              f"got {split!r}, {split_mode!r}")
         root = data_root(root, ["Data_Entry_2017.csv", image_dir], DATASET)
         policy = make_policy(on_error, DATASET)
@@ -108,7 +111,10 @@ class NihDataset(RecordDataset):
         if with_boxes and (root / "BBox_List_2017.csv").exists():
             boxes = read_bbox_list(root / "BBox_List_2017.csv", policy, {e[1] for e in entries})
         patient_of = {image: patient for _, image, patient, _, _ in entries}
-        split_of = self._assign_splits(root, split, split_mode, val_fraction, split_file, split_seed, patient_of)
+        if split_mode == "wsrpn" and split != "all" and not boxes:
+            raise DataError(f"{DATASET}: split_mode='wsrpn' needs {root / 'BBox_List_2017.csv'} with boxes")
+        split_of = self._assign_splits(root, split, split_mode, val_fraction, split_file, split_seed, patient_of,
+                                       set(boxes))
         records = []
         for line, image, patient, view, labels in entries:
             if split != "all" and split_of[image] != split:
@@ -125,11 +131,15 @@ class NihDataset(RecordDataset):
         print(self.summary() + f" ({split}, {split_mode} split; {sum(len(r['boxes']) for r in records)} boxes)")
 
     @staticmethod
-    def _assign_splits(root, split, split_mode, val_fraction, split_file, split_seed, patient_of):
+    def _assign_splits(root, split, split_mode, val_fraction, split_file, split_seed, patient_of, box_images=()):
         """-> {image_index: split} (empty for split='all')."""
         if split == "all":
             return {}
         split_file = split_file or root / "splits" / f"nih_{split_mode}_patient_split_seed{split_seed}.json"
+        if split_mode == "wsrpn":
+            box_patients = {patient_of[image] for image in box_images}
+            by_patient = load_or_make_split(split_file, box_patients, (0.0, 0.5, 0.5), split_seed, DATASET)
+            return {image: by_patient.get(patient, "train") for image, patient in patient_of.items()}
         if split_mode == "patient":
             by_patient = load_or_make_split(split_file, patient_of.values(), (0.7, 0.15, 0.15), split_seed, DATASET)
             return {image: by_patient[patient] for image, patient in patient_of.items()}

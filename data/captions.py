@@ -1,0 +1,177 @@
+"""Captions for the WSRPN-VL text branch, and the detection view of a dataset (seed 000, "Generate RDF medical
+text"; research/wsrpn_rodeo.md §5).
+
+    caption_from_findings(findings, class_names) -> "moderate left basal pleural effusion. mild cardiomegaly."
+    caption_from_labels(labels (C,), class_names) -> "atelectasis and effusion."       (NIH: labels only)
+    caption_from_report(report, max_sentences=3) -> the impression's (else the findings') first sentences (MIMIC)
+    DetectionCaptionDataset(base, class_names, source, caption, ...) -> samples for train_wsrpn_vl.py
+
+Design choices:
+- Which caption a dataset can have: phantoms know every finding's side, zone and size, so their captions
+  say where ("left basal"); NIH ChestX-ray14 has image labels only (its captions name the classes, no
+  location); MIMIC-CXR has real reports (sentences of the impression, else of the findings section).
+  A caption only names the detection classes (class_names); an image without any says NO_FINDING_CAPTION.
+- Labels in the detection space: (C,) over class_names + ["No Finding"] (no finding last, as WSRPN needs).
+  source "phantom": from the phantom's findings (box_labels index PHANTOM_FINDINGS), no finding = no finding
+  drawn except support devices; source "nih": NIH_LABELS by name, no finding = no NIH label;
+  source "chexpert": CheXpert labels mapped by CHEXPERT_TO_NIH_BOX (uncertain -1 counts as negative),
+  no finding = CheXpert "No Finding". Images with none of the C labels are left out, as the reference does
+  (an NIH image labelled only "Emphysema" is dropped).
+- Boxes are kept only for the detection classes, with box_labels re-indexed into class_names.
+- cache=True keeps each sample in memory as uint8 grey (H, W) + labels + boxes + caption (phantoms: one
+  generation, ~16 KB per 128-px image); the base dataset must then return identical channels.
+
+Shape letters: C detection classes incl. no finding, N boxes.
+"""
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.labels import CHEXPERT_LABELS, NIH_LABELS, PHANTOM_FINDINGS
+
+NO_FINDING = "No Finding"
+NO_FINDING_CAPTION = "no acute cardiopulmonary abnormality."
+# CheXpert labels that stand for an NIH box class (for MIMIC training evaluated on the NIH boxes). Approximate:
+# NIH "Infiltration" has no CheXpert label (Lung Opacity is the nearest), and Mass and Nodule are both
+# CheXpert "Lung Lesion", so the two NIH classes get the same training label.
+CHEXPERT_TO_NIH_BOX = {"Atelectasis": ["Atelectasis"], "Cardiomegaly": ["Cardiomegaly"],
+                       "Effusion": ["Pleural Effusion"], "Infiltration": ["Lung Opacity"], "Mass": ["Lung Lesion"],
+                       "Nodule": ["Lung Lesion"], "Pneumonia": ["Pneumonia"], "Pneumothorax": ["Pneumothorax"]}
+SOURCES = ("phantom", "nih", "chexpert")
+CAPTIONS = ("findings", "labels", "report")
+
+
+def _join(phrases):
+    if not phrases:
+        return NO_FINDING_CAPTION
+    return ". ".join(phrases) + "."
+
+
+def caption_from_findings(findings, class_names):
+    """Phantom finding dicts (name, side, zone, size) -> one phrase per finding of a detection class."""
+    phrases = []
+    for finding in sorted(findings, key=lambda f: (class_names.index(f["name"]) if f["name"] in class_names else -1)):
+        if finding["name"] not in class_names:
+            continue
+        words = [finding["size"]] if finding["size"] not in ("", "n/a") else []
+        if finding["side"] not in ("midline", ""):
+            words.append(finding["side"])
+        if finding["zone"] not in ("cardiac", "mediastinal", ""):
+            words.append(finding["zone"])
+        words.append(finding["name"])
+        phrases.append(" ".join(words))
+    return _join(phrases)
+
+
+def caption_from_labels(labels, class_names):
+    """labels: (C,) over class_names + [No Finding] -> 'atelectasis and effusion.' (no location)."""
+    names = [name.lower() for name, value in zip(class_names, labels[:len(class_names)]) if value > 0.5]
+    if not names:
+        return NO_FINDING_CAPTION
+    return (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]) + "."
+
+
+def caption_from_report(report, max_sentences=3):
+    """'Findings: ... | Impression: ...' -> the first sentences of the impression (else of the findings)."""
+    from data.reports import split_sections, split_sentences
+    try:
+        findings, impression = split_sections(report)
+    except ValueError:
+        findings, impression = report, ""
+    sentences = split_sentences(impression or findings)
+    return " ".join(sentences[:max_sentences]) or NO_FINDING_CAPTION
+
+
+def detection_labels(sample, class_names, source):
+    """-> (C,) float32 over class_names + [No Finding], from a base sample (or record) of `source`."""
+    C = len(class_names) + 1
+    labels = np.zeros(C, np.float32)
+    if source == "phantom":
+        present = {PHANTOM_FINDINGS[int(i)] for i in sample["box_labels"]}
+        for c, name in enumerate(class_names):
+            labels[c] = float(name in present)
+        labels[-1] = float(not (present - {"support device"}))
+    elif source == "nih":
+        values = np.asarray(sample["labels"])
+        for c, name in enumerate(class_names):
+            labels[c] = float(values[NIH_LABELS.index(name)] > 0.5)
+        labels[-1] = float(not (values > 0.5).any())
+    elif source == "chexpert":
+        values = np.asarray(sample["labels"])
+        for c, name in enumerate(class_names):
+            labels[c] = float(any(values[CHEXPERT_LABELS.index(n)] == 1 for n in CHEXPERT_TO_NIH_BOX[name]))
+        labels[-1] = float(values[CHEXPERT_LABELS.index(NO_FINDING)] == 1)
+    else:
+        raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
+    return labels
+
+
+class DetectionCaptionDataset(torch.utils.data.Dataset):
+    """A base dataset seen through the detection classes. Sample keys: image (3, H, W), labels (C,),
+    boxes (N, 4) xyxy px, box_labels (N,) into class_names, caption str, id str."""
+
+    def __init__(self, base, class_names, source, caption="findings", drop_unlabelled=True, boxes_only=False,
+                 cache=False, max_report_sentences=3, progress=None):
+        if caption not in CAPTIONS:
+            raise ValueError(f"data.caption must be one of {CAPTIONS}, got {caption!r}")
+        known = {"phantom": PHANTOM_FINDINGS, "nih": NIH_LABELS, "chexpert": list(CHEXPERT_TO_NIH_BOX)}[source] \
+            if source in SOURCES else None
+        unknown = [name for name in class_names if known is None or name not in known]
+        if unknown:
+            raise ValueError(f"data.classes {unknown} are not {source} classes; expected names from {known}")
+        self.base, self.class_names, self.source, self.caption = base, list(class_names), source, caption
+        self.max_report_sentences = max_report_sentences
+        self.box_classes = self.class_names
+        self.cache = {} if cache else None
+        records = getattr(base, "records", None)
+        self.indices = []
+        items = range(len(base))
+        for i in (tqdm(items, desc=progress, leave=False) if progress else items):
+            item = records[i] if (records is not None and self.cache is None) else self._load(i)
+            labels = detection_labels(item, self.class_names, source)
+            has_boxes = len(self._boxes(item)[0]) > 0
+            if (drop_unlabelled and labels.sum() == 0) or (boxes_only and not has_boxes):
+                self.cache is not None and self.cache.pop(i, None)
+                continue
+            self.indices.append(i)
+
+    def _load(self, i):
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        sample = self.base[i]
+        if self.cache is not None:
+            grey = sample["image"][0]
+            if not torch.equal(sample["image"], grey.expand_as(sample["image"])):
+                raise ValueError("DetectionCaptionDataset(cache=True) needs grey images (identical channels)")
+            sample = dict(sample, image=(grey * 255).round().to(torch.uint8))  # (H, W)
+            self.cache[i] = sample
+        return sample
+
+    def _boxes(self, sample):
+        """-> boxes (N, 4), box_labels (N,) restricted to the detection classes, re-indexed."""
+        names = {"phantom": PHANTOM_FINDINGS}.get(self.source, getattr(self.base, "box_classes", []))
+        boxes = torch.as_tensor(sample.get("boxes", torch.zeros(0, 4)), dtype=torch.float32).reshape(-1, 4)
+        box_labels = torch.as_tensor(sample.get("box_labels", torch.zeros(0)), dtype=torch.long).reshape(-1)
+        keep = [k for k, label in enumerate(box_labels.tolist()) if names[label] in self.class_names]
+        new_labels = torch.tensor([self.class_names.index(names[box_labels[k]]) for k in keep], dtype=torch.long)
+        return boxes[keep], new_labels
+
+    def caption_of(self, sample, labels):
+        if self.caption == "findings":
+            return caption_from_findings(sample["findings"], self.class_names)
+        if self.caption == "report":
+            return caption_from_report(sample["report"], self.max_report_sentences)
+        return caption_from_labels(labels, self.class_names)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        sample = self._load(self.indices[index])
+        image = sample["image"]
+        if image.dtype == torch.uint8:
+            image = (image.float() / 255).expand(3, -1, -1)  # (3, H, W)
+        labels = detection_labels(sample, self.class_names, self.source)
+        boxes, box_labels = self._boxes(sample)
+        return {"image": image, "labels": torch.from_numpy(labels), "boxes": boxes, "box_labels": box_labels,
+                "caption": self.caption_of(sample, labels), "id": sample["id"]}
