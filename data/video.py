@@ -1,0 +1,208 @@
+"""Real clinical videos with clinician attention maps, in one documented folder format (seed 003 data).
+
+    VideoFolderDataset(root, split, class_names, num_frames=16, image_size=112, attn_normalize="frame_max")
+    normalize_attention(maps, mode) ; subject_splits(subjects, fractions, seed)
+
+Folder format (write your data like this; data/phantom_video.py `write_video_folder` writes phantoms so):
+
+    <root>/videos.csv            header `id,label,subject,split`, one row per video
+                                 id: file stem below; label: a name from `data.class_names`;
+                                 subject: patient/participant id; split: train | val | test, or empty to
+                                 let subject_splits assign it (70/15/15 by subject, seeded)
+    <root>/videos/<id>/          a frame folder: one image per frame (png/jpg/bmp/tif, any PIL mode),
+                                 in file-name order (zero-pad the numbers: 0000.png, 0001.png, ...)
+      or <root>/videos/<id>.npy  array (T, H, W) grey or (T, H, W, 3) RGB; uint8 0..255 or float in [0, 1]
+      or <root>/videos/<id>.mp4  NOT decoded: this environment has no video decoder (torchvision 0.29 has no
+                                 video reader and PyAV / OpenCV are not dependencies). Convert first, e.g.
+                                 `ffmpeg -i <id>.mp4 videos/<id>/%04d.png`; a clear error says so.
+    <root>/attention/<id>.npy    attention maps (T, H, W) or (T, A, H, W), non-negative, any scale
+      or <root>/attention/<id>/  one grey PNG per video frame, same count and order as the frames
+
+Rules checked when the dataset is built (each failure is one DataError naming the file or CSV row):
+a missing video or attention map, an unknown label, a bad split name, a frame-count mismatch between a
+video and its attention map, a subject that appears in two splits. Maps may have another resolution than
+the frames (they are resized to the frame size). Gaze recordings (fixation tables) must first be turned
+into per-frame maps (research/contrastive_vl.md §6: duration-weighted Gaussian splats per frame).
+
+Sample: video (3, T, H, W) float32 in [0, 1] (grey copied to 3 channels), attn_map (A, T, H, W) float32
+normalized by `attn_normalize` (frame_max: each frame's max = 1; frame_sum: each frame sums to 1; none),
+label () int64, id, subject. T = num_frames frames sampled uniformly over the clip (the same indices for
+video and map); H = W = image_size.
+"""
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from data.sample import DataError
+
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+REQUIRED_COLUMNS = ("id", "label", "subject", "split")
+
+
+def normalize_attention(maps, mode="frame_max"):
+    """maps (A, T, H, W) non-negative -> same shape, normalized per frame."""
+    if mode == "none":
+        return maps
+    if mode == "frame_max":
+        return maps / maps.amax(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
+    if mode == "frame_sum":
+        return maps / maps.sum(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
+    raise ValueError(f"data.attn_normalize must be frame_max, frame_sum or none, got {mode!r}")
+
+
+def subject_splits(subjects, fractions=(0.7, 0.15, 0.15), seed=0):
+    """{subject: split} from a seeded hash of the subject id, so a subject's videos share one split."""
+    out = {}
+    for s in sorted(set(subjects)):
+        u = int(hashlib.sha1(f"{seed}:{s}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        out[s] = "train" if u < fractions[0] else "val" if u < fractions[0] + fractions[1] else "test"
+    return out
+
+
+def _frame_files(folder):
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _locate(root, kind, vid):
+    """-> (format, path) of videos/<id> or attention/<id>, or None."""
+    base = root / kind
+    if (base / vid).is_dir():
+        return "frames", base / vid
+    for suffix in (".npy", ".mp4"):
+        if (base / f"{vid}{suffix}").is_file():
+            return suffix[1:], base / f"{vid}{suffix}"
+    return None
+
+
+def _count_frames(fmt, path):
+    if fmt == "frames":
+        return len(_frame_files(path))
+    if fmt == "npy":
+        return int(np.load(path, mmap_mode="r").shape[0])
+    raise DataError(f"{path}: mp4 videos cannot be decoded here (no video reader among the dependencies: "
+                    f"torchvision 0.29 has none, PyAV/OpenCV are not installed). Convert it to a frame folder, "
+                    f"e.g. `ffmpeg -i {path} {path.with_suffix('')}/%04d.png`, or to a .npy (T, H, W[, 3]) array")
+
+
+def _read_frames(fmt, path):
+    """-> float32 numpy (T, H, W, C) in the file's own value range."""
+    if fmt == "frames":
+        arrays = [np.asarray(Image.open(p)) for p in _frame_files(path)]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise DataError(f"{path}: frames have different sizes {sorted(shapes)}")
+        arr = np.stack(arrays)
+    else:
+        arr = np.load(path)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4:
+        raise DataError(f"{path}: expected (T, H, W) or (T, H, W, C) frames, got shape {arr.shape}")
+    return arr
+
+
+def _read_maps(fmt, path):
+    """-> float32 numpy (T, A, H, W): npy (T, H, W) or (T, A, H, W); PNG frames must be grey."""
+    if fmt == "frames":
+        arr = _read_frames(fmt, path)                                           # (T, H, W, C)
+        if arr.shape[-1] != 1:
+            raise DataError(f"{path}: attention PNGs must be single-channel (grey), got {arr.shape[-1]} channels")
+        arr = arr.transpose(0, 3, 1, 2)
+    else:
+        arr = np.load(path)
+        if arr.ndim == 3:
+            arr = arr[:, None]
+        if arr.ndim != 4:
+            raise DataError(f"{path}: expected an attention array (T, H, W) or (T, A, H, W), got shape {arr.shape}")
+    return arr.astype(np.float32)
+
+
+class VideoFolderDataset(torch.utils.data.Dataset):
+    """One split of a folder in the format of the module docstring."""
+
+    def __init__(self, root, split, class_names, num_frames=16, image_size=112, attn_normalize="frame_max",
+                 split_seed=0):
+        self.root, self.split = Path(root), split
+        self.class_names = list(class_names)
+        self.num_frames, self.image_size, self.attn_normalize = num_frames, image_size, attn_normalize
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        csv_path = self.root / "videos.csv"
+        if not csv_path.is_file():
+            raise DataError(f"{csv_path}: not found; a video folder needs videos.csv with columns "
+                            f"{','.join(REQUIRED_COLUMNS)} (data/video.py docstring)")
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{csv_path}: missing column(s) {missing}; header is {reader.fieldnames}")
+            rows = list(reader)
+        auto = subject_splits([r["subject"] for r in rows], seed=split_seed)
+        subject_split, self.items = {}, []
+        for line, row in enumerate(rows, start=2):
+            where = f"{csv_path} row {line} (id {row['id']!r})"
+            if row["label"] not in self.class_names:
+                raise DataError(f"{where}: unknown label {row['label']!r}; expected one of {self.class_names} "
+                                "(data.class_names)")
+            row_split = row["split"].strip() or auto[row["subject"]]
+            if row_split not in SPLITS:
+                raise DataError(f"{where}: split {row['split']!r} is not one of {SPLITS} (or empty)")
+            if subject_split.setdefault(row["subject"], row_split) != row_split:
+                raise DataError(f"{where}: subject {row['subject']!r} is in split {row_split!r} and in "
+                                f"{subject_split[row['subject']]!r}; splits must be by subject")
+            if row_split != split:
+                continue
+            video = _locate(self.root, "videos", row["id"])
+            if video is None:
+                raise DataError(f"{where}: no video; looked for videos/{row['id']}/ (frames), "
+                                f"videos/{row['id']}.npy and videos/{row['id']}.mp4 under {self.root}")
+            attn = _locate(self.root, "attention", row["id"])
+            if attn is None or attn[0] == "mp4":
+                raise DataError(f"{where}: missing attention map; looked for attention/{row['id']}.npy and "
+                                f"attention/{row['id']}/ (one PNG per frame) under {self.root}")
+            n_video, n_attn = _count_frames(*video), _count_frames(*attn)
+            if n_video == 0:
+                raise DataError(f"{where}: {video[1]} has no frames")
+            if n_video != n_attn:
+                raise DataError(f"{where}: frame-count mismatch: video {video[1]} has {n_video} frames, "
+                                f"attention map {attn[1]} has {n_attn}")
+            self.items.append((row["id"], self.class_names.index(row["label"]), row["subject"], video, attn))
+        if not self.items:
+            raise DataError(f"{csv_path}: no videos in split {split!r}")
+
+    def __len__(self):
+        return len(self.items)
+
+    def _resize(self, x, mode):
+        """x (C, T, h, w) -> (C, T, S, S)"""
+        S = self.image_size
+        if x.shape[-2:] == (S, S):
+            return x
+        kw = {"align_corners": False} if mode == "bilinear" else {}
+        return F.interpolate(x.transpose(0, 1), size=(S, S), mode=mode, **kw).transpose(0, 1)
+
+    def __getitem__(self, index):
+        vid, label, subject, (vfmt, vpath), (afmt, apath) = self.items[index]
+        frames = _read_frames(vfmt, vpath)                                        # (T0, h, w, C)
+        if frames.dtype == np.uint8:
+            frames = frames.astype(np.float32) / 255.0
+        if frames.shape[-1] not in (1, 3, 4):
+            raise DataError(f"{vpath}: expected 1 (grey) or 3 (RGB) channels, got {frames.shape[-1]}")
+        maps = _read_maps(afmt, apath)                                            # (T0, A, h', w')
+        if (maps < 0).any():
+            raise DataError(f"{apath}: attention map has negative values (min {maps.min():.3g})")
+        idx = np.linspace(0, frames.shape[0] - 1, self.num_frames).round().astype(int)   # (T,)
+        video = torch.from_numpy(np.ascontiguousarray(frames[idx, ..., :3])).permute(3, 0, 1, 2)   # (C, T, h, w)
+        if video.shape[0] == 1:
+            video = video.expand(3, -1, -1, -1)                                 # (3, T, h, w)
+        attn = torch.from_numpy(np.ascontiguousarray(maps[idx])).transpose(0, 1)      # (A, T, h', w')
+        video = self._resize(video.float(), "bilinear").clamp(0, 1)              # (3, T, S, S)
+        attn = normalize_attention(self._resize(attn, "area"), self.attn_normalize)   # (A, T, S, S)
+        return {"video": video.contiguous(), "attn_map": attn.contiguous(),
+                "label": torch.tensor(label, dtype=torch.long), "id": vid, "subject": subject}
