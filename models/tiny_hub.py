@@ -43,7 +43,7 @@ from models import tiny_hub_text, tiny_hub_vision
 
 DEFAULT_CACHE = os.path.join("~", ".cache", "cxr-vlm", "tiny-hub")
 DEFAULT_IMAGE_SIZE = 96
-NUM_TRAIN_SAMPLES = 1024        # phantoms from the hub seed range used for training
+NUM_TRAIN_SAMPLES = 4096        # phantoms from the hub seed range used for training (~450 MB as float)
 NUM_HELD_OUT_SAMPLES = 128      # held-out phantoms (same hub seed range, indices from HELD_OUT_START)
 HELD_OUT_START = 100_000
 BUILD_SEED = 0
@@ -63,7 +63,7 @@ HUB = {entry.name: entry for entry in [
     HubEntry("tiny-hub/bert-mlm", "bert-mlm", tiny_hub_text.build_bert_mlm, 150, False,
              "Bio_ClinicalBERT / BioBERT / PubMedBERT"),
     HubEntry("tiny-hub/t5-span", "t5-span", tiny_hub_text.build_t5_span, 150, False, "Flan-T5"),
-    HubEntry("tiny-hub/siglip", "siglip", tiny_hub_text.build_siglip, 150, True, "SigLIP, BiomedCLIP towers"),
+    HubEntry("tiny-hub/siglip", "siglip", tiny_hub_text.build_siglip, 400, True, "SigLIP, BiomedCLIP towers"),
     HubEntry("tiny-hub/mae-vit", "mae-vit.pth", tiny_hub_vision.build_mae_vit, 150, True, "MedMAE ViT"),
     HubEntry("tiny-hub/densenet-small", "densenet-small.pth", tiny_hub_vision.build_densenet_small, 120, False,
              "torchvision DenseNet-121"),
