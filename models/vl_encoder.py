@@ -11,6 +11,8 @@ Design choices:
   and the paper's Bio_ClinicalBERT). Frozen (seed: vl_freeze_text_encoder=true): requires_grad False, eval
   mode (no dropout), no autograd graph. It is NOT a submodule of the trained model, so checkpoints do not
   carry a 110M-parameter frozen copy; they carry the tokenizer files and the config names the weights.
+- pretrained=False (the shape-only paper-size check): a randomly initialized BERT-base-sized BertModel
+  (transformers' BertConfig defaults: 12 layers, 768 wide) with the tiny hub's tokenizer, nothing downloaded.
 - Because it is frozen and deterministic, embeddings are cached per caption string (captions generated from
   labels repeat a lot); `cache_size` bounds the cache (0 = off).
 - SharedProjection: one Linear per modality into S = 128 dims, both L2-normalized (seed: vision (B, 1024) and
@@ -28,12 +30,16 @@ from models.pretrained import load_hf
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, name, max_length=64, freeze=True, cache_size=50_000):
+    def __init__(self, name, max_length=64, freeze=True, cache_size=50_000, pretrained=True):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
         self.name, self.max_length, self.freeze, self.cache_size = name, max_length, freeze, cache_size
-        self.tokenizer = load_hf(AutoTokenizer, name, system="wsrpn_vl")
-        self.bert = load_hf(AutoModel, name, system="wsrpn_vl")
+        if pretrained:
+            self.tokenizer = load_hf(AutoTokenizer, name, system="wsrpn_vl")
+            self.bert = load_hf(AutoModel, name, system="wsrpn_vl")
+        else:
+            self.tokenizer = load_hf(AutoTokenizer, "tiny-hub/bert-mlm")
+            self.bert = BertModel(BertConfig(), add_pooling_layer=False)
         self.hidden_size = self.bert.config.hidden_size
         if freeze:
             self.bert.requires_grad_(False)

@@ -76,7 +76,8 @@ def map_entropy(gaussian_maps):
     """(B, K, P) -> (B, K) normalized entropy in [0, 1] of each map as a distribution over patches."""
     P = gaussian_maps.shape[-1]
     distribution = gaussian_maps.float() / gaussian_maps.float().sum(-1, keepdim=True).clamp(min=1e-12)  # (B, K, P)
-    return -torch.xlogy(distribution, distribution).sum(-1) / math.log(P)  # (B, K)
+    # d log d with the log clamped: xlogy's gradient is NaN where a map underflows to exactly 0
+    return -(distribution * distribution.clamp(min=1e-12).log()).sum(-1) / math.log(P)  # (B, K)
 
 
 def gaussian_entropy(gaussian_maps, weights):

@@ -1,0 +1,68 @@
+"""train_wsrpn_vl.py end to end on tiny phantoms: a two-step smoke run, a resume that reproduces the
+uninterrupted run, per-step phase/weight logging, evaluate_checkpoint; and (slow) the paper-size model.
+
+Run: /work/venv/bin/python -m pytest -q tests/test_wsrpn_train.py          (add -m slow for the paper-size step)
+"""
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import train_wsrpn_vl
+
+TINY = ["data.train_samples=24", "data.val_samples=6", "data.test_samples=6", "data.image_size=64",
+        "train.batch_size=4", "train.epochs=2", "loss.warmup_epochs=1", "loss.gaussian_start_epoch=2",
+        "train.val_every_epochs=100", "eval.visualize=0", "model.num_roi_tokens=4", "model.d_emb=32",
+        "model.d_hidden=64"]
+
+
+def read_log(path):
+    return [json.loads(line) for line in open(path) if '"loss"' in line]
+
+
+def test_two_step_smoke_run_writes_checkpoint_config_and_log(tmp_path):
+    out = train_wsrpn_vl.main(["--out", str(tmp_path), *TINY, "train.max_steps=2", "eval.final_test=false"])
+    assert (out / "config.yaml").exists() and (out / "last.pt").exists()
+    rows = read_log(out / "log.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["phase"] == 1 and row["weight/contrastive"] == 0.0 and row["weight/detection"] == 1.0
+        assert all(k in row for k in ("patch_bce", "roi_bce", "patch_supcon", "roi_supcon", "roi_patch_consistency",
+                                      "lr", "grad_norm", "s_per_step"))
+    checkpoint = torch.load(out / "last.pt", weights_only=False)
+    assert checkpoint["step"] == 2 and checkpoint["batch_in_epoch"] == 2 and checkpoint["tokenizer_files"]
+
+
+def test_resume_reproduces_the_uninterrupted_run_across_a_phase_boundary(tmp_path):
+    # ~18 usable phantoms in batches of 4: epoch 0 (steps 1-4 or 5) is phase 1, epoch 1 is phase 2
+    straight = train_wsrpn_vl.main(["--out", str(tmp_path / "a"), *TINY, "train.max_steps=6", "eval.final_test=false"])
+    first = train_wsrpn_vl.main(["--out", str(tmp_path / "b"), *TINY, "train.max_steps=3", "eval.final_test=false"])
+    resumed = train_wsrpn_vl.main(["--out", str(tmp_path / "c"), "--resume", str(first / "last.pt"), *TINY,
+                                   "train.max_steps=6", "eval.final_test=false"])
+    a, c = read_log(straight / "log.jsonl"), read_log(resumed / "log.jsonl")
+    assert [r["step"] for r in c] == [4, 5, 6]
+    assert {r["phase"] for r in a} == {1, 2}  # the run crosses into phase 2 (text branch on)
+    assert any(r["weight/contrastive"] == 0.5 and "contrastive" in r for r in a)
+    for expected, got in zip(a[3:], c):
+        assert got["phase"] == expected["phase"]
+        assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_paper_size_model_runs_one_step_on_cpu(tmp_path):
+    """configs/wsrpn_vl.yaml with model.pretrained=false: DenseNet-121 denseblock4 (1024 channels, 7x7 at 224 px),
+    d_emb 256, K = 10, 9 classes, a random BERT-base-sized text encoder; one step on phantoms at 224 px."""
+    out = train_wsrpn_vl.main(["--config", "configs/wsrpn_vl.yaml", "--out", str(tmp_path), "model.pretrained=false",
+                               "data.dataset=phantom", "data.classes=[cardiomegaly, pleural effusion, pneumothorax, "
+                               "consolidation, atelectasis, nodule, edema, enlarged cardiomediastinum]",
+                               "data.caption=findings", "data.train_samples=12", "data.val_samples=4",
+                               "data.test_samples=4", "data.num_workers=0", "train.batch_size=2",
+                               "train.max_steps=1", "loss.warmup_epochs=0", "eval.final_test=false", "train.device=cpu"])
+    checkpoint = torch.load(out / "last.pt", weights_only=False)
+    weights = checkpoint["model"]
+    assert weights["wsrpn.projection.0.weight"].shape == (1024,)  # BatchNorm over DenseNet-121 channels
+    assert weights["wsrpn.roi_tokens"].shape == (1, 10, 256)
+    assert weights["shared_projection.text_proj.weight"].shape == (128, 768)
+    row = read_log(out / "log.jsonl")[0]
+    assert row["phase"] == 2 and "contrastive" in row  # warmup 0: the text branch runs in this one step
