@@ -59,7 +59,7 @@ def _shape_mask(shape, yy, xx, cy, cx, radius, angle):
 
 
 def make_video_phantom(seed, index, num_frames=8, image_size=32, num_classes=3, gaze_informativeness=0.8,
-                       num_distractors=2, evidence_contrast=1.0, distractor_contrast=0.7, noise=0.12,
+                       num_distractors=2, evidence_contrast=1.0, distractor_contrast=0.7, noise=0.08,
                        fixations_per_frame=2, gaze_sigma=0.08):
     """-> dict of numpy arrays: video (T, H, W), attn_map (T, H, W), evidence_mask (T, H, W), label int."""
     if not 2 <= num_classes <= len(PHANTOM_VIDEO_CLASSES):
@@ -71,7 +71,7 @@ def make_video_phantom(seed, index, num_frames=8, image_size=32, num_classes=3, 
     label = int(rng.integers(num_classes))
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
     n_obj = 1 + num_distractors
-    radius = S * rng.uniform(0.10, 0.14, n_obj)
+    radius = S * rng.uniform(0.13, 0.17, n_obj)
     shapes = [PHANTOM_VIDEO_CLASSES[label]] + [PHANTOM_VIDEO_CLASSES[i] for i in rng.integers(num_classes, size=num_distractors)]
     contrast = np.array([evidence_contrast] + [distractor_contrast] * num_distractors) * rng.uniform(0.9, 1.1, n_obj)
     angles = rng.uniform(0, np.pi, n_obj)

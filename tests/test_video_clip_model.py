@@ -73,12 +73,18 @@ def test_map_guided_variants_shapes_and_gate_ranges(guide_type, sigmoid):
         assert gate.min() < 0 or gate.max() > 1
 
 
-def test_linear_gate_starts_as_pass_through():
-    model = _model(map_guided=True, map_guided_type="spatiotemporal", map_guided_sigmoid_gate=False)
+def test_gate_initialization():
+    """The linear channel gate starts as a pass-through; the spatiotemporal gate as a soft copy of the map."""
+    model = _model(map_guided=True, map_guided_type="channel", map_guided_sigmoid_gate=False)
     with torch.no_grad():
         model.video_encoder.gate_net[-1].weight.zero_()
     out = model(*_inputs())
     assert torch.allclose(out["video_gate"], torch.ones_like(out["video_gate"]))
+    video, attn = _inputs()
+    attn_grid = torch.nn.functional.adaptive_avg_pool3d(attn, (T // 2, S // 4, S // 4))   # (B, 1, T', H', W')
+    for sigmoid, expected in ((True, torch.sigmoid(6 * attn_grid - 3)), (False, attn_grid)):
+        gate = _model(map_guided=True, map_guided_sigmoid_gate=sigmoid)(video, attn)["video_gate"]
+        assert (gate - expected).abs().max() < 0.05
 
 
 def test_map_guidance_uses_the_map_and_plain_encoder_ignores_it():

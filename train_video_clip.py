@@ -1,0 +1,228 @@
+"""VideoAttentionCLIP training (seed 003): video <-> clinician-attention alignment plus diagnosis.
+
+Commands (run from the repository root):
+    # tiny CPU default: phantom videos with informative gaze, full method B3 (~20-40 s on 2 cores)
+    python train_video_clip.py --out runs/video_clip/tiny
+    # the seed's example commands, same overrides (seed 003 "Example Commands")
+    python train_video_clip.py model.map_guided=false loss.clip_weight=1.0 model.lambda_token=0                 # B1
+    python train_video_clip.py model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=0 model.lambda_token=0    # B2
+    python train_video_clip.py model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=1.0 model.lambda_token=0  # B3
+    python train_video_clip.py model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=1.0 model.lambda_token=0.1 # B4
+    python train_video_clip.py model.map_guided=true model.map_guided_type=channel                               # C1
+    python train_video_clip.py model.map_guided=true model.map_guided_type=weighted_pool                         # C2
+    python train_video_clip.py model.map_guided=true model.map_guided_type=spatiotemporal model.map_guided_sigmoid_gate=true   # C3
+    # other backbones (map_gate path when map-guided): model.clip_backbone=2dcnn | cnn_lstm
+    # the whole ablation table (B0-B4, C1-C3 with D1/D2 metrics), 3 seeds each, mean +- std, markdown:
+    python train_video_clip.py --table /tmp/video_clip_table.md --out /tmp/video_clip_table
+    python train_video_clip.py --table /tmp/video_clip_table_q0.md --out /tmp/video_clip_table_q0 data.gaze_informativeness=0.0
+    # resume an interrupted run exactly
+    python train_video_clip.py --resume runs/video_clip/tiny/last.pt --out runs/video_clip/tiny
+    # paper scale, one GPU: edit data.root / data.class_names in configs/video_clip.yaml first
+    python train_video_clip.py --config configs/video_clip.yaml
+    # evaluation: accuracy, macro F1, D1 retrieval, D2 alignment statistics, PNG strips
+    python evaluate.py runs/video_clip/tiny/best.pt --split test --visualize 8
+
+Loss (seed 003 ablation table): loss = L_CE + loss.clip_weight * L_CLIP + model.lambda_token * L_token
+(models/clip_align_losses.py). The run writes config.yaml, log.jsonl, last.pt, best.pt (by validation
+accuracy) and metrics.json (test split, keys test/accuracy, test/f1_macro, test/retrieval_r1_v2a, ...,
+test/align_sim_gap, test/align_sim_corr).
+"""
+# ----------------------------------------------------------------------------------------------------------
+# imports
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import training
+from data.loader import batches_per_epoch, epoch_loader
+from models.clip_align import ClipAlignConfig, VideoAttentionCLIP
+from models.clip_align_losses import video_clip_losses
+
+SYSTEM = "video_clip"
+VALIDATION_METRIC = "accuracy"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+def build_dataset(cfg, split, root=None):
+    """Phantom videos or the real folder format (data/video.py) for split train | val | test."""
+    d = cfg.data
+    if d.source == "phantom" and root is None:
+        from data.phantom_video import PhantomVideoDataset
+        count = {"train": d.num_train, "val": d.num_val, "test": d.num_test}[split]
+        return PhantomVideoDataset(count, split, d.num_frames, d.image_size, cfg.model.model_class_num,
+                                   d.gaze_informativeness, num_distractors=d.num_distractors,
+                                   distractor_contrast=d.distractor_contrast)
+    if d.source in ("folder", "phantom"):
+        from data.video import VideoFolderDataset
+        root = root or d.root
+        if not root:
+            raise training.ConfigError("data.source=folder needs data.root (the folder holding videos.csv)")
+        if len(d.class_names) != cfg.model.model_class_num:
+            raise training.ConfigError(f"data.class_names has {len(d.class_names)} names but model.model_class_num "
+                                       f"is {cfg.model.model_class_num}")
+        return VideoFolderDataset(root, split, d.class_names, d.num_frames, d.image_size, d.attn_normalize)
+    raise training.ConfigError(f"data.source must be 'phantom' or 'folder', got {d.source!r}")
+
+
+def build_model(cfg):
+    return VideoAttentionCLIP(ClipAlignConfig.from_dict(dict(cfg.model)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluation (evaluate.py calls evaluate_checkpoint; the run's validation and final test use the same code)
+
+def evaluate_model(model, dataset, cfg, device, ctx, prefix, visualize=0, out_dir=None):
+    from models.clip_align_eval import predict, save_strips, video_clip_metrics
+    loader = epoch_loader(dataset, cfg.train.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False,
+                          num_workers=cfg.data.num_workers)
+    metrics = video_clip_metrics(predict(model, loader, device, ctx), prefix)
+    if visualize and out_dir is not None:
+        save_strips(model, dataset, visualize, out_dir, device, ctx, list(dataset.class_names))
+    return metrics
+
+
+def evaluate_checkpoint(checkpoint, args):
+    """Loaded checkpoint dict + args (.split, .visualize, .images, .out_dir, .device) -> flat dict of floats.
+
+    args.images: a folder in the data/video.py format to evaluate instead of the configured data (its
+    rows of args.split). args.bootstrap is not used (the D-metrics are reported over seeds instead).
+    """
+    cfg = training.Config.wrap(checkpoint["config"])
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device, ctx, _, _ = training.setup_device(getattr(args, "device", None) or "auto", cfg.train.dtype)
+    model = build_model(cfg)
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    dataset = build_dataset(cfg, args.split, root=getattr(args, "images", None))
+    return evaluate_model(model, dataset, cfg, device, ctx, f"{args.split}/", getattr(args, "visualize", 0),
+                          getattr(args, "out_dir", None))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one run
+
+def train(cfg, out_dir, resume=None):
+    """Train one configuration into out_dir; returns the test metrics dict."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    training.save_config(cfg, out_dir)
+
+    # device, seed, AMP
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device, ctx, scaler, dtype = training.setup_device(cfg.train.device, cfg.train.dtype)
+    training.seed_everything(cfg.train.seed)
+
+    # data
+    train_set, val_set = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    steps_per_epoch = batches_per_epoch(train_set, cfg.train.batch_size)
+    total_steps = cfg.train.steps
+    print(f"data: {len(train_set)} train / {len(val_set)} val clips, classes {list(train_set.class_names)}")
+
+    # model (one phase: everything trains)
+    model = build_model(cfg).to(device)
+    trainable = training.set_trainable(model, ["*"])
+
+    # optimizer + scaler
+    optimizer = training.build_optimizer(model, cfg.train.lr, cfg.train.weight_decay,
+                                         no_weight_decay=model.no_weight_decay())
+
+    # resume
+    step, best_metric = 0, float("-inf")
+    if resume:
+        checkpoint = training.load_checkpoint(resume, model, optimizer, scaler)
+        step, best_metric = checkpoint["step"], checkpoint["best_metric"]
+        print(f"resumed from {resume} at step {step} (best val {VALIDATION_METRIC} {best_metric:.4f})")
+
+    logger = training.RunLogger(out_dir)
+
+    def save(name):
+        training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, step // steps_per_epoch, "train",
+                                 best_metric, cfg)
+
+    # loop
+    stop_at = min(total_steps, cfg.train.stop_after_steps or total_steps)
+    progress = tqdm(total=stop_at, initial=step, desc=SYSTEM, dynamic_ncols=True, leave=False)
+    while step < stop_at:
+        epoch, start_batch = divmod(step, steps_per_epoch)
+        for batch in epoch_loader(train_set, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch,
+                                  num_workers=cfg.data.num_workers):
+            t0 = time.time()
+            model.train()
+            lr = training.get_lr(step, cfg.train.lr, cfg.train.warmup_steps, total_steps, cfg.train.min_lr)
+            training.set_lr(optimizer, lr)
+            video = batch["video"].to(device)                                     # (B, 3, T, H, W)
+            attn_map = batch["attn_map"].to(device)                               # (B, A, T, H, W)
+            labels = batch["label"].to(device)                                    # (B,)
+            with ctx:
+                out = model(video, attn_map)
+                terms = video_clip_losses(out, labels, cfg.loss.clip_weight, cfg.model.lambda_token)
+            loss = terms["loss"]
+            training.check_finite(terms, step)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            model.clamp_logit_scale()                                             # open_clip: [0, ln 100]
+            step += 1
+            progress.update(1)
+            if step % cfg.train.log_interval == 0 or step == 1:
+                logger.log(step=step, **{k: float(v.detach()) for k, v in terms.items()}, logit_scale=float(out["logit_scale"].detach()),
+                           lr=lr, grad_norm=float(grad_norm), s_per_step=time.time() - t0)
+            if step % cfg.train.eval_interval == 0 or step == total_steps:
+                metrics = evaluate_model(model, val_set, cfg, device, ctx, "val/")
+                logger.log(step=step, **metrics)
+                if metrics[f"val/{VALIDATION_METRIC}"] > best_metric:
+                    best_metric = metrics[f"val/{VALIDATION_METRIC}"]
+                    save("best.pt")
+                save("last.pt")
+            if step >= stop_at:
+                break
+    progress.close()
+    if step % cfg.train.eval_interval and step != total_steps:
+        save("last.pt")
+
+    # cleanup: final test evaluation of best.pt (the finished run only)
+    if step < total_steps:
+        return {}
+    best = out_dir / "best.pt"
+    figures = out_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    args = argparse.Namespace(checkpoint=str(best), split="test", bootstrap=0, visualize=cfg.eval.visualize,
+                              images=None, out_dir=str(figures), device=cfg.train.device)
+    metrics = evaluate_checkpoint(torch.load(best, map_location="cpu", weights_only=False), args)
+    training.atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+    print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------
+# main
+
+def main(argv=None):
+    parser = training.base_argparser(SYSTEM, __doc__)
+    parser.add_argument("--table", default=None, metavar="TABLE.md",
+                        help="run the seed-003 ablation table (B0-B4, C1-C3) over --seeds into --out/<row>-s<seed> "
+                             "and write mean +- std as markdown to TABLE.md")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --table")
+    args = parser.parse_args(argv)
+    cfg = training.load_config(args.config, args.overrides)
+    if cfg.get("system") != SYSTEM:
+        raise training.ConfigError(f"{args.config}: system is {cfg.get('system')!r}, expected {SYSTEM!r}")
+    if args.table:
+        from models.clip_align_table import run_table
+        return run_table(args, train)
+    return train(cfg, training.make_out_dir(args.out, SYSTEM, "train"), args.resume)
+
+
+if __name__ == "__main__":
+    main()
