@@ -12,7 +12,11 @@ Design choices (as the WSRPN reference code does it, not as a textbook Gaussian)
   patch centre therefore gives an (almost) all-zero map, as in the reference.
 - sigma is a box size, not a standard deviation: the box is mu +- sigma / 2 (the kernel is exp(-1/4) = 0.78
   at its edge). sigma = sigmoid(.) in (0, 1) of the image size; mu = reference patch centre +
-  (sigmoid(.) - 0.5), not clamped.
+  (sigmoid(.) - 0.5), not clamped (mu_parametrization "offset", the reference). Only the patch centres
+  constrain a Gaussian, so a centre outside the image with a large sigma covers the same patches as a
+  smaller one inside: on tiny phantom runs half the centres left the image while the maps' centroids sat
+  near the findings. "logit" (our option) adds the offset in logit space, mu = sigmoid(logit(r) + z), which
+  keeps the centre inside (0, 1) and starts it at the same reference point.
 - ROI feature f_k = (1 / P) sum_p m_k(p) W_r LN(x_p): divided by the number of patches P = H*W, not by
   sum_p m_k(p) (a large ROI gets a larger feature). The caller passes DETACHED patch features, so no
   ROI-branch gradient reaches the backbone; gradients do reach mu and sigma through the maps.
@@ -46,8 +50,11 @@ def separable_generalized_gaussian_pdf(centres, mu, sigma, beta=2.0):
 class GaussianParameterPredictor(nn.Module):
     """The reference's BBoxMLP: z = MLP(LN(t_k) + e_k) in R^4 -> mu = r_k + sigmoid(z_xy) - 0.5, sigma = sigmoid(z_wh)."""
 
-    def __init__(self, d_emb, d_hidden):
+    def __init__(self, d_emb, d_hidden, mu_parametrization="offset"):
         super().__init__()
+        if mu_parametrization not in ("offset", "logit"):
+            raise ValueError(f"model.mu_parametrization must be offset or logit, got {mu_parametrization!r}")
+        self.mu_parametrization = mu_parametrization
         self.norm = nn.LayerNorm(d_emb)
         self.mlp = nn.Sequential(nn.Linear(d_emb, d_hidden), nn.ReLU(), nn.Linear(d_hidden, 4))
 
@@ -55,7 +62,10 @@ class GaussianParameterPredictor(nn.Module):
         """roi_tokens, reference_pos_emb: (B, K, D); reference_points: (B, K, 2) -> mu, sigma (B, K, 2)."""
         with torch.autocast(roi_tokens.device.type, enabled=False):
             z = self.mlp(self.norm(roi_tokens.float()) + reference_pos_emb.float())  # (B, K, 4)
-            mu = reference_points.float() + torch.sigmoid(z[..., :2]) - 0.5  # (B, K, 2)
+            if self.mu_parametrization == "offset":  # the reference: r + (-0.5, 0.5), may leave the image
+                mu = reference_points.float() + torch.sigmoid(z[..., :2]) - 0.5  # (B, K, 2)
+            else:  # "logit": the offset is added in logit space, so mu stays inside (0, 1)
+                mu = torch.sigmoid(torch.logit(reference_points.float()) + z[..., :2])  # (B, K, 2)
             sigma = torch.sigmoid(z[..., 2:])  # (B, K, 2)
         return mu, sigma
 

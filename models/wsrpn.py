@@ -56,6 +56,7 @@ class WsrpnConfig:
     lse_r: float = 5.0                    # LSE sharpness of the patch aggregation
     supcon_temperature: float = 0.15
     vl_vision_source: str = "roi"         # roi | global: what the text branch's vision embedding pools
+    mu_parametrization: str = "offset"    # offset (reference: r + sigmoid - 0.5) | logit (inside the image)
 
 
 def sincos_position_embedding(height, width, dim):
@@ -144,7 +145,7 @@ class WSRPN(nn.Module):
         self.classifier = Classifier(c.d_emb, c.d_hidden, c.num_classes, c.dropout)
         self.roi_tokens = nn.Parameter(torch.randn(1, c.num_roi_tokens, c.d_emb))
         self.roi_attention = RoiTokenAttention(c.d_emb, c.d_hidden, c.num_heads, c.dropout)
-        self.gaussian_predictor = GaussianParameterPredictor(c.d_emb, c.d_hidden)
+        self.gaussian_predictor = GaussianParameterPredictor(c.d_emb, c.d_hidden, c.mu_parametrization)
         self.soft_roi_pool = SoftRoiPool(c.d_emb, c.beta)
         self.supcon_projector = nn.Sequential(nn.Linear(c.d_emb, c.d_hidden), nn.ReLU(), nn.Dropout(c.dropout),
                                               nn.Linear(c.d_hidden, c.d_emb), nn.Dropout(c.dropout))

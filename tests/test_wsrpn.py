@@ -176,3 +176,22 @@ def test_extract_boxes_top1_per_class_threshold_and_objectness_score():
     assert labels[0].tolist() == [0, 1]
     assert torch.allclose(boxes[0], torch.tensor([[0.4, 0.2, 0.6, 0.6], [0.8, 0.7, 1.2, 1.1]]))  # not clipped
     assert torch.allclose(scores[0], torch.tensor([0.8, 0.9]))
+
+
+def test_gaussian_parameter_predictor_offset_is_the_reference_and_logit_stays_inside():
+    from models.soft_roi_pool import GaussianParameterPredictor
+    torch.manual_seed(0)
+    tokens, pos = torch.randn(2, 3, 16) * 50, torch.zeros(2, 3, 16)
+    reference = torch.full((2, 3, 2), 0.0625)  # the corner patch of an 8x8 grid
+    offset = GaussianParameterPredictor(16, 32, "offset")
+    logit = GaussianParameterPredictor(16, 32, "logit")
+    logit.load_state_dict(offset.state_dict())
+    z = offset.mlp(offset.norm(tokens) + pos)  # (B, K, 4)
+    mu, sigma = offset(tokens, pos, reference)
+    assert torch.allclose(mu, reference + torch.sigmoid(z[..., :2]) - 0.5, atol=1e-6)
+    assert torch.allclose(sigma, torch.sigmoid(z[..., 2:]), atol=1e-6)
+    mu_logit, _ = logit(tokens, pos, reference)
+    assert ((mu_logit > 0) & (mu_logit < 1)).all()
+    zero = GaussianParameterPredictor(16, 32, "logit")
+    torch.nn.init.zeros_(zero.mlp[2].weight), torch.nn.init.zeros_(zero.mlp[2].bias)
+    assert torch.allclose(zero(tokens, pos, reference)[0], reference, atol=1e-6)  # z = 0 -> the reference point
