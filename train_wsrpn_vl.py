@@ -24,7 +24,8 @@ Phases (seed 000 "Three-Phase Training Schedule"; epochs are 0-based):
     3  epoch >= loss.gaussian_start_epoch: adds entropy_weight * L_gaussian_entropy + scale_weight * L_gaussian_scale
 Each batch holds train.batch_size images x train.n_views augmented views (reference: 64 x 2 = 128), views of
 one image next to each other. Writes config.yaml, log.jsonl (every step: phase, each weight and loss term, lr,
-grad-norm, s/step), last.pt, best.pt (by validation mAP) and metrics.json (test, from best.pt).
+grad-norm, s/step), last.pt, best.pt (by eval.select_metric on validation: mAP over IoU 0.1-0.7 as the
+reference; the tiny config selects by RoDeO total, see docs/wsrpn_vl.md) and metrics.json (test, from best.pt).
 """
 # ----------------------------------------------------------------------------------------------------------
 # imports
@@ -307,17 +308,24 @@ COMPARE_KEYS = ["rodeo/total", "rodeo/loc", "rodeo/shape", "rodeo/cls", "ap@0.3"
                 "vision_text/sim_gap", "boxes_per_image"]
 
 
+COMPARE_ARMS = [("WSRPN (text off)", ["model.use_vl_branch=false"]),
+                ("WSRPN + phase-3 Gaussian terms (text off)", ["model.use_vl_branch=false",
+                                                               "loss.gaussian_without_text=true"]),
+                ("WSRPN-VL (text on)", ["model.use_vl_branch=true"])]
+
+
 def compare(argv, seeds, out_dir):
-    """Runs main() for use_vl_branch false/true x seeds 0..seeds-1 (sequentially, same other arguments) and
-    writes comparison.json and comparison.md (mean +- sample std over seeds of each test metric) in out_dir."""
+    """Runs main() for each arm of COMPARE_ARMS x seeds 0..seeds-1 (sequentially, same other arguments) and
+    writes comparison.json and comparison.md (mean +- sample std over seeds of each test metric) in out_dir.
+    A run directory that already holds metrics.json is reused, so an interrupted comparison continues."""
     out_dir = Path(out_dir)
     table = {}
-    for arm, flag in (("WSRPN (text off)", "false"), ("WSRPN-VL (text on)", "true")):
+    for index, (arm, overrides) in enumerate(COMPARE_ARMS):
         runs = []
         for seed in range(seeds):
-            run_dir = out_dir / f"vl_{flag}-seed{seed}"
+            run_dir = out_dir / f"arm{index}-seed{seed}"
             if not (run_dir / "metrics.json").exists():
-                main(argv + ["--out", str(run_dir), f"model.use_vl_branch={flag}", f"seed={seed}"])
+                main(argv + ["--out", str(run_dir), *overrides, f"seed={seed}"])
             runs.append(json.loads((run_dir / "metrics.json").read_text()))
         table[arm] = {k: [r[k] for r in runs if k in r] for k in COMPARE_KEYS}
     lines = ["| metric | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
@@ -399,10 +407,11 @@ def main(argv=None):
 
     def validate(epoch):
         nonlocal best_metric
-        metrics = evaluate_detection(model, val_set, cfg, device, ctx, text_encoder, rodeo_too=False)
+        metrics = evaluate_detection(model, val_set, cfg, device, ctx, text_encoder,
+                                     rodeo_too=cfg.eval.select_metric != "map")
         logger.log(step=step, epoch=epoch, phase=scheduler.phase(epoch), **{f"val/{k}": v for k, v in metrics.items()})
-        if metrics["map"] > best_metric:
-            best_metric = metrics["map"]
+        if metrics[cfg.eval.select_metric] > best_metric:
+            best_metric = metrics[cfg.eval.select_metric]
             save(out_dir / "best.pt", epoch + 1, 0)
         model.train()
 
