@@ -66,3 +66,29 @@ def test_paper_size_model_runs_one_step_on_cpu(tmp_path):
     assert weights["shared_projection.text_proj.weight"].shape == (128, 768)
     row = read_log(out / "log.jsonl")[0]
     assert row["phase"] == 2 and "contrastive" in row  # warmup 0: the text branch runs in this one step
+
+
+def test_build_dataset_reads_nih_wsrpn_split_and_mimic_reports(tmp_path):
+    """Real layouts written from phantoms: NIH (labels-only captions, val/test = box images of box patients) and
+    MIMIC-CXR (report captions, CheXpert labels mapped to the NIH box classes) evaluated on NIH boxes."""
+    import training
+    from data.mimic_cxr import write_mimic_cxr
+    from data.nih import write_nih
+    from data.phantom import phantom_split
+    write_nih(tmp_path / "nih", phantom_split("train", 40, 64), images_per_patient=2)
+    write_mimic_cxr(tmp_path / "mimic", phantom_split("val", 40, 64))
+    classes = "data.classes=[Atelectasis, Cardiomegaly, Effusion, Infiltration, Mass, Nodule, Pneumonia, Pneumothorax]"
+    cfg = training.load_config("configs/wsrpn_vl.yaml", [f"data.root={tmp_path / 'nih'}", classes, "data.image_size=64"])
+    train, test = train_wsrpn_vl.build_dataset(cfg, "train"), train_wsrpn_vl.build_dataset(cfg, "test")
+    assert len(train) and len(test)
+    assert all(len(train[i]["boxes"]) == 0 for i in range(len(train)))
+    assert all(len(test[i]["boxes"]) > 0 and test[i]["image"].shape == (3, 64, 64) for i in range(len(test)))
+    from data.captions import caption_from_labels
+    assert all(train[i]["caption"] == caption_from_labels(train[i]["labels"], cfg.data.classes) for i in range(5))
+    cfg = training.load_config("configs/wsrpn_vl.yaml", [f"data.root={tmp_path / 'mimic'}", "data.dataset=mimic",
+                                                         f"data.eval_root={tmp_path / 'nih'}", "data.caption=report",
+                                                         classes, "data.image_size=64"])
+    mimic = train_wsrpn_vl.build_dataset(cfg, "train")
+    assert len(mimic) and mimic[0]["labels"].shape == (9,)
+    assert not mimic[0]["caption"].startswith("Findings:")  # impression sentences, not the whole report
+    assert len(train_wsrpn_vl.build_dataset(cfg, "val")) > 0  # NIH boxes
