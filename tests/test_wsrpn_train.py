@@ -92,3 +92,26 @@ def test_build_dataset_reads_nih_wsrpn_split_and_mimic_reports(tmp_path):
     assert len(mimic) and mimic[0]["labels"].shape == (9,)
     assert not mimic[0]["caption"].startswith("Findings:")  # impression sentences, not the whole report
     assert len(train_wsrpn_vl.build_dataset(cfg, "val")) > 0  # NIH boxes
+
+
+def test_evaluate_checkpoint_metrics_pngs_and_user_images(tmp_path):
+    pytest.importorskip("metrics.detection")
+    out = train_wsrpn_vl.main(["--out", str(tmp_path / "run"), *TINY, "train.max_steps=2", "eval.final_test=false",
+                               "loss.warmup_epochs=0"])
+    checkpoint = torch.load(out / "last.pt", weights_only=False)
+    args = SimpleNamespace(checkpoint=str(out / "last.pt"), split="test", bootstrap=3, visualize=2, images=None,
+                           out_dir=str(tmp_path / "eval"), device="cpu")
+    (tmp_path / "eval").mkdir()
+    metrics = train_wsrpn_vl.evaluate_checkpoint(checkpoint, args)
+    for key in ("rodeo/total", "rodeo/loc", "rodeo/shape", "rodeo/cls", "ap@0.3", "ap@0.5", "map",
+                "rodeo/total/mean", "gaussian/scale", "gaussian/entropy", "vision_text/sim_correct"):
+        assert key in metrics and isinstance(metrics[key], float), key
+    assert len(list((tmp_path / "eval").glob("*_boxes.png"))) == 2
+    assert len(list((tmp_path / "eval").glob("*_gaussians.png"))) == 2
+    from PIL import Image
+    (tmp_path / "user").mkdir()
+    Image.new("L", (90, 70), 128).save(tmp_path / "user" / "a.png")
+    args.images, args.out_dir = str(tmp_path / "user"), str(tmp_path / "user_out")
+    (tmp_path / "user_out").mkdir()
+    assert train_wsrpn_vl.evaluate_checkpoint(checkpoint, args)["images"] == 1.0
+    assert json.loads((tmp_path / "user_out" / "predictions.json").read_text()).keys() == {"a"}
