@@ -134,7 +134,8 @@ def loss_terms(model, out, labels, captions, weights, cfg, text_encoder, contras
     stats = {}
     if weights["contrastive"] > 0 or weights["consistency"] > 0:
         text_emb = model.shared_projection.text(text_encoder(captions).to(out["vision_embedding"].device))  # (N, S)
-        groups = torch.tensor([hash(c) for c in captions], device=text_emb.device)  # (N,)
+        caption_ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+        groups = torch.tensor([caption_ids[c] for c in captions], device=text_emb.device)  # (N,) same caption, same id
         terms["contrastive"] = contrastive_loss(out["vision_embedding"], text_emb, groups)
         terms["consistency"] = vl_consistency(out["vision_embedding"], text_emb, cfg.loss.consistency_temperature)
         stats["vision_text_similarity"] = (out["vision_embedding"] * text_emb).sum(-1).mean().item()
