@@ -115,3 +115,24 @@ def test_evaluate_checkpoint_metrics_pngs_and_user_images(tmp_path):
     (tmp_path / "user_out").mkdir()
     assert train_wsrpn_vl.evaluate_checkpoint(checkpoint, args)["images"] == 1.0
     assert json.loads((tmp_path / "user_out" / "predictions.json").read_text()).keys() == {"a"}
+
+
+def test_compare_aggregates_mean_and_std_over_seeds(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_main(argv):
+        out = argv[argv.index("--out") + 1]
+        text_on = "model.use_vl_branch=true" in argv
+        seed = int(next(a for a in argv if a.startswith("seed=")).split("=")[1])
+        calls.append(argv)
+        import pathlib
+        pathlib.Path(out).mkdir(parents=True)
+        (pathlib.Path(out) / "metrics.json").write_text(json.dumps({"rodeo/total": 0.3 + 0.1 * text_on + 0.02 * seed}))
+
+    monkeypatch.setattr(train_wsrpn_vl, "main", fake_main)
+    table = train_wsrpn_vl.compare(["--config", "x.yaml"], 2, tmp_path)
+    assert len(calls) == 2 * len(train_wsrpn_vl.COMPARE_ARMS)
+    assert table["WSRPN-VL (text on)"]["rodeo/total"] == pytest.approx([0.4, 0.42])
+    assert "0.410 ± 0.014" in (tmp_path / "comparison.md").read_text()  # sample std of (0.40, 0.42)
+    train_wsrpn_vl.compare(["--config", "x.yaml"], 2, tmp_path)  # finished runs are reused, not rerun
+    assert len(calls) == 2 * len(train_wsrpn_vl.COMPARE_ARMS)
