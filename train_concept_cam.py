@@ -1,0 +1,330 @@
+"""Concept CAM training: seed 002 stage 1 (concept CAMs, optional box guidance), then CSR stages 2 and 3.
+
+Commands (run from the repository root):
+    # tiny CPU default: phantoms + tiny-hub MAE ViT, all three stages one after another (~5 min on 2 cores)
+    python train_concept_cam.py --out runs/concept_cam/tiny
+    # one stage at a time; a stage starts from the previous stage's checkpoint
+    python train_concept_cam.py --stage 1 --out runs/concept_cam/s1
+    python train_concept_cam.py --stage 2 --resume runs/concept_cam/s1/best.pt --out runs/concept_cam/s2
+    python train_concept_cam.py --stage 3 --resume runs/concept_cam/s2/best.pt --out runs/concept_cam/s3
+    # stage 1 without box guidance (seed 002 §5a), or the linear disease-head baseline
+    python train_concept_cam.py --stage 1 loss.beta=0
+    python train_concept_cam.py --stage 3 --resume runs/concept_cam/s2/best.pt stage3.task_head=linear
+    # an interrupted stage continues exactly: --resume its own last.pt
+    python train_concept_cam.py --stage 1 --resume runs/concept_cam/s1/last.pt --out runs/concept_cam/s1
+    # paper scale, one GPU: VinDr-CXR + MedMAE ViT-B/16 (edit data.root and model.backbone first)
+    python train_concept_cam.py --config configs/concept_cam.yaml --stage 1
+    # evaluation of any stage's checkpoint (concept/disease AUROC, pointing game, IoU/IoBB, energy, PNGs)
+    python evaluate.py runs/concept_cam/s3/best.pt --split test --visualize 8
+
+Stages (seed 002 "What gets updated"; research brief §4 CSR):
+    1  backbone (lr * stage1.backbone_lr_scale, or frozen) + concept head;
+       loss = alpha * classification_loss + beta * localization_loss (seed 002 §5b)
+    2  projector + prototypes; backbone and concept head frozen; softtriple_loss on present concepts
+    3  task head on prototype similarity scores (or the linear baseline head); everything else frozen;
+       disease_loss = BCEWithLogits(pos_weight) over the 6 VinDr diseases
+Each stage writes config.yaml, log.jsonl, last.pt, best.pt (by its validation metric) and metrics.json (test).
+"""
+# ----------------------------------------------------------------------------------------------------------
+# imports
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import training
+from data.labels import NIH_BOX_CLASSES, VINDR_CONCEPTS
+from data.loader import SeededDataset, batches_per_epoch, epoch_loader
+from data.phantom import DETAIL_TO_VINDR, PHANTOM_TO_VINDR, phantom_split
+from data.transforms import build_transform
+from models.concept_cam import MEDMAE_MEAN, MEDMAE_STD, ConceptCAM, ConceptCamConfig, trainable_patterns
+from models.concept_losses import (bbox_guided_concept_loss, boxes_to_grid_masks, disease_loss,
+                                   pos_weight_from_labels, soft_triple_loss)
+
+SYSTEM = "concept_cam"
+# NIH box classes -> VinDr concepts, for transfer evaluation of the CAMs (Pneumonia has no concept)
+NIH_TO_VINDR = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Pleural effusion",
+                "Infiltration": "Infiltration", "Mass": "Nodule/Mass", "Nodule": "Nodule/Mass",
+                "Pneumothorax": "Pneumothorax"}
+STAGE_METRIC = {1: "concept/auroc/macro", 2: "prototype_concept/auroc/macro", 3: "disease/auroc/macro"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+def build_dataset(cfg, split, train=False):
+    """phantom_split or VinDrDataset for split train | val | test, with the MedMAE-normalizing transform."""
+    d, size = cfg.data, cfg.model.image_size
+    transform = build_transform(train and d.augment, size, mean=(MEDMAE_MEAN,) * 3, std=(MEDMAE_STD,) * 3,
+                                resize="stretch")
+    if d.dataset == "phantom":
+        count = {"train": d.num_train, "val": d.num_val, "test": d.num_test}[split]
+        return phantom_split(split, count, size, transform=transform, healthy_fraction=d.healthy_fraction,
+                             cache=d.cache and d.num_workers == 0)
+    if d.dataset == "vindr":
+        from data.vindr import VinDrDataset
+        return VinDrDataset(d.root, split, transform, aggregation=d.aggregation, image_format=d.image_format,
+                            val_fraction=d.val_fraction)
+    raise training.ConfigError(f"data.dataset must be 'phantom' or 'vindr', got {d.dataset!r}")
+
+
+def build_nih_dataset(cfg):
+    from data.nih import NihDataset
+    transform = build_transform(False, cfg.model.image_size, mean=(MEDMAE_MEAN,) * 3, std=(MEDMAE_STD,) * 3,
+                                resize="stretch")
+    return NihDataset(cfg.data.nih_root, split="test", transform=transform, boxes_only=True)
+
+
+def concept_boxes(batch, b, source):
+    """Sample b of a batch -> (boxes (N, 4) input px, concept indices (N,)). Phantom findings map to VinDr
+    concepts by data.phantom.PHANTOM_TO_VINDR (+ DETAIL_TO_VINDR); VinDr box_labels already are concepts;
+    NIH box classes map by NIH_TO_VINDR (others dropped)."""
+    boxes, concepts = [], []
+    if source == "phantom":
+        for finding in batch["findings"][b]:
+            names = PHANTOM_TO_VINDR[finding["name"]] + DETAIL_TO_VINDR.get((finding["name"], finding["detail"]), [])
+            boxes += [finding["box"]] * len(names)
+            concepts += [VINDR_CONCEPTS.index(n) for n in names]
+    elif source == "vindr":
+        boxes, concepts = batch["boxes"][b].tolist(), batch["box_labels"][b].tolist()
+    elif source == "nih":
+        for box, label in zip(batch["boxes"][b].tolist(), batch["box_labels"][b].tolist()):
+            if NIH_BOX_CLASSES[label] in NIH_TO_VINDR:
+                boxes.append(box)
+                concepts.append(VINDR_CONCEPTS.index(NIH_TO_VINDR[NIH_BOX_CLASSES[label]]))
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(concepts, dtype=torch.long)
+
+
+def batch_box_masks(batch, source, num_concepts, image_size, grid_size, min_fraction):
+    """-> inside_mask (B, K, h, w), has_box (B, K): each concept's boxes on the patch grid."""
+    masks = [boxes_to_grid_masks(*concept_boxes(batch, b, source), num_concepts, image_size, grid_size,
+                                 min_fraction) for b in range(len(batch["image"]))]
+    return torch.stack([m for m, _ in masks]), torch.stack([h for _, h in masks])
+
+
+def training_labels(dataset, key):
+    """(N, K) labels of a dataset without loading images where the records hold them (VinDr)."""
+    if hasattr(dataset, "records"):
+        return torch.tensor([r["extra"][key] for r in dataset.records])
+    return torch.stack([dataset[i][key] for i in tqdm(range(len(dataset)), desc=f"{key} labels", leave=False)])
+
+
+def build_model(cfg, pretrained=True):
+    return ConceptCAM(ConceptCamConfig.from_dict(dict(cfg.model)), pretrained=pretrained)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation
+
+@torch.no_grad()
+def predict(model, loader, stage, task_head, device, ctx):
+    """-> dict of (N, .) CPU tensors: concept_logits, concepts, prototype concept scores, disease logits/targets."""
+    from collections import defaultdict
+    model.eval()
+    out = defaultdict(list)
+    for batch in loader:
+        with ctx:
+            result = model(batch["image"].to(device), stage=stage, task_head=task_head)
+        out["concept_logits"].append(result["concept_logits"].float().cpu())
+        out["concepts"].append(batch["concepts"])
+        if "prototype_scores" in result:
+            out["prototype_concept_scores"].append(result["prototype_scores"].amax(-1).float().cpu())
+        if "disease_logits" in result:
+            out["disease_logits"].append(result["disease_logits"].float().cpu())
+            out["diseases"].append(batch["diseases"])
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def validation_metric(predictions, stage):
+    from metrics.classification import macro_auroc
+    scores, labels = {1: ("concept_logits", "concepts"), 2: ("prototype_concept_scores", "concepts"),
+                      3: ("disease_logits", "diseases")}[stage]
+    return float(macro_auroc(predictions[scores], predictions[labels]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one stage
+
+def run_stage(cfg, stage, out_dir, resume=None, final_eval=True):
+    """Train one stage into out_dir; returns the path of its best.pt."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"=== concept_cam stage {stage} -> {out_dir}")
+    training.save_config(cfg, out_dir)
+    device, ctx, scaler, dtype = training.setup_device(cfg.train.device, cfg.train.dtype)
+    training.seed_everything(cfg.train.seed)
+    source = cfg.data.dataset
+    stage_cfg = cfg[f"stage{stage}"]
+    task_head = cfg.stage3.task_head
+
+    # data
+    train_set = build_dataset(cfg, "train", train=True)
+    val_loader = epoch_loader(build_dataset(cfg, "val"), cfg.train.batch_size, cfg.train.seed, 0, shuffle=False,
+                              drop_last=False, num_workers=cfg.data.num_workers)
+    pos_weight = pos_weight_from_labels(training_labels(train_set, "concepts" if stage < 3 else "diseases"),
+                                        cfg.loss.pos_weight_cap).to(device)
+    print(f"pos_weight ({'concepts' if stage < 3 else 'diseases'}, cap {cfg.loss.pos_weight_cap}): "
+          f"{[round(v, 1) for v in pos_weight.tolist()]}")
+    train_set = SeededDataset(train_set, cfg.train.seed)
+    steps_per_epoch = batches_per_epoch(train_set, cfg.train.batch_size)
+    total_steps = stage_cfg.epochs * steps_per_epoch
+
+    # model; a checkpoint of an EARLIER stage gives the starting weights, one of THIS stage resumes the run
+    checkpoint = torch.load(resume, map_location="cpu", weights_only=False) if resume else None
+    if checkpoint is None and stage > 1:
+        raise training.ConfigError(f"stage {stage} starts from the stage {stage - 1} checkpoint: pass --resume "
+                                   f"<stage {stage - 1} best.pt>")
+    if checkpoint is not None and checkpoint["phase"] > stage:
+        raise training.ConfigError(f"{resume} is a stage {checkpoint['phase']} checkpoint; stage {stage} can start "
+                                   f"from stage {stage - 1} or resume stage {stage}")
+    model = build_model(cfg, pretrained=checkpoint is None).to(device)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+    grid = model.backbone.patch_embed.grid_size
+
+    # freezing (printed), then the optimizer over what trains
+    freeze_backbone = stage == 1 and stage_cfg.freeze_backbone
+    print(f"stage {stage}: trainable = {trainable_patterns(stage, freeze_backbone, task_head)}")
+    trainable = training.set_trainable(model, trainable_patterns(stage, freeze_backbone, task_head))
+    lr_scales = {"backbone.*": stage_cfg.backbone_lr_scale} if stage == 1 else None
+    optimizer = training.build_optimizer(model, stage_cfg.lr, cfg.train.weight_decay,
+                                         no_weight_decay=model.no_weight_decay(), lr_scales=lr_scales)
+
+    # resume (same stage: optimizer, scaler, step, RNG)
+    step, best_metric = 0, float("-inf")
+    if checkpoint is not None and checkpoint["phase"] == stage:
+        training.load_checkpoint(resume, model, optimizer, scaler)
+        step, best_metric = checkpoint["step"], checkpoint["best_metric"]
+        print(f"resumed stage {stage} at step {step} (best {best_metric:.4f})")
+    del checkpoint
+
+    logger = training.RunLogger(out_dir)
+
+    def save(name, epoch):
+        training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, epoch, stage, best_metric, cfg)
+
+    # loop
+    stop_at = cfg.train.stop_after_steps or total_steps
+    progress = tqdm(total=total_steps, initial=step, desc=f"stage {stage}", dynamic_ncols=True)
+    while step < min(total_steps, stop_at):
+        epoch, start_batch = divmod(step, steps_per_epoch)
+        loader = epoch_loader(train_set, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch,
+                              num_workers=cfg.data.num_workers)
+        for batch in loader:
+            if step >= stop_at:
+                break
+            t0 = time.time()
+            model.train()
+            lr = training.get_lr(step, stage_cfg.lr, cfg.train.warmup_steps, total_steps, cfg.train.min_lr)
+            training.set_lr(optimizer, lr)
+            images = batch["image"].to(device)                                        # (B, 3, H, W)
+            concepts_gt = batch["concepts"].to(device)                                # (B, K)
+            with ctx:
+                out = model(images, stage=stage, task_head=task_head)
+                if stage == 1:   # seed 002 §5b: alpha * classification + beta * localization
+                    inside_mask, has_box = batch_box_masks(batch, source, len(VINDR_CONCEPTS), images.shape[-2:],
+                                                           grid, cfg.data.box_min_fraction)
+                    terms = bbox_guided_concept_loss(out["cams"].float(), concepts_gt, inside_mask.to(device),
+                                                     has_box.to(device), pos_weight)
+                    loss = cfg.loss.alpha * terms["classification_loss"] + cfg.loss.beta * terms["localization_loss"]
+                elif stage == 2:  # SoftTriple on the concept vectors of present concepts
+                    terms = soft_triple_loss(out["concept_vectors"].float(), out["prototypes_unit"].float(),
+                                             concepts_gt, cfg.loss.softtriple_la, cfg.loss.softtriple_gamma,
+                                             cfg.loss.softtriple_margin)
+                    loss = terms["softtriple_loss"]
+                else:             # disease head
+                    terms = disease_loss(out["disease_logits"].float(), batch["diseases"].to(device), pos_weight)
+                    loss = terms["disease_loss"]
+            training.check_finite({"loss": loss, **terms}, step)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            progress.update(1)
+            if step % cfg.train.log_interval == 0 or step == 1:
+                logger.log(stage=stage, step=step, loss=loss.item(), **{k: float(v.detach()) for k, v in terms.items()},
+                           lr=lr, grad_norm=float(grad_norm), s_per_step=time.time() - t0)
+        epoch_done = step % steps_per_epoch == 0
+        if epoch_done or step >= total_steps:  # validation at each epoch end
+            metric = validation_metric(predict(model, val_loader, stage, task_head, device, ctx), stage)
+            logger.log(stage=stage, step=step, epoch=epoch + 1, **{f"val/{STAGE_METRIC[stage]}": metric})
+            if metric > best_metric:
+                best_metric = metric
+                save("best.pt", epoch + 1)
+        save("last.pt", epoch + (1 if epoch_done else 0))
+    progress.close()
+
+    # final test evaluation of the best checkpoint
+    best = out_dir / "best.pt"
+    if final_eval and step >= total_steps:
+        evaluate_run(best, out_dir, cfg.eval.visualize, cfg.train.device)
+    return best
+
+
+def evaluate_run(checkpoint_path, out_dir, visualize, device):
+    import argparse
+    import json
+    figures = Path(out_dir) / "figures"
+    figures.mkdir(exist_ok=True)
+    args = argparse.Namespace(checkpoint=str(checkpoint_path), split="test", bootstrap=0, visualize=visualize,
+                              images=None, out_dir=str(figures), device=device)
+    metrics = evaluate_checkpoint(torch.load(checkpoint_path, map_location="cpu", weights_only=False), args)
+    training.atomic_write_bytes(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=1).encode())
+    print("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.count("/") <= 2
+                                       and not any(name in k for name in VINDR_CONCEPTS)))
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluation (evaluate.py calls this; the training run's final test evaluation too)
+
+def evaluate_checkpoint(checkpoint, args):
+    """Loaded checkpoint dict + args (.split, .bootstrap, .visualize, .images, .out_dir, .device) -> flat dict."""
+    from models.concept_eval import evaluate_concept_cam, predict_user_images
+    cfg = training.Config.wrap(checkpoint["config"])
+    device, ctx, _, _ = training.setup_device(args.device if args.device else "auto", cfg.train.dtype)
+    model = build_model(cfg, pretrained=False)
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    stage, task_head = int(checkpoint["phase"]), cfg.stage3.task_head
+    if getattr(args, "images", None):
+        transform = build_transform(False, cfg.model.image_size, mean=(MEDMAE_MEAN,) * 3, std=(MEDMAE_STD,) * 3,
+                                    resize="stretch")
+        return predict_user_images(model, args.images, transform, stage, task_head, args.out_dir, device, ctx)
+    dataset = build_dataset(cfg, args.split)
+    metrics = evaluate_concept_cam(model, dataset, concept_boxes, cfg.data.dataset, stage, task_head, args, device,
+                                   ctx, cfg.eval.cam_threshold, cfg.train.batch_size)
+    if cfg.data.get("nih_root"):
+        metrics.update(evaluate_concept_cam(model, build_nih_dataset(cfg), concept_boxes, "nih", 1, task_head, args,
+                                            device, ctx, cfg.eval.cam_threshold, cfg.train.batch_size,
+                                            prefix="nih/", classification=False))
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------
+# main
+
+def main(argv=None):
+    parser = training.base_argparser(SYSTEM, __doc__)
+    parser.add_argument("--stage", default="all", choices=["1", "2", "3", "all"],
+                        help="stage to train; 'all' runs 1, 2, 3 into <out>/stage1..3, each from the previous best")
+    args = parser.parse_args(argv)
+    cfg = training.load_config(args.config, args.overrides)
+    if cfg.get("system") != SYSTEM:
+        raise training.ConfigError(f"{args.config}: system is {cfg.get('system')!r}, expected {SYSTEM!r}")
+    if args.stage != "all":
+        out_dir = training.make_out_dir(args.out, SYSTEM, f"stage{args.stage}")
+        return run_stage(cfg, int(args.stage), out_dir, args.resume)
+    out_dir = training.make_out_dir(args.out, SYSTEM, "all")
+    previous = args.resume
+    for stage in (1, 2, 3):
+        previous = run_stage(cfg, stage, out_dir / f"stage{stage}", previous)
+    return previous
+
+
+if __name__ == "__main__":
+    main()
