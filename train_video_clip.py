@@ -77,11 +77,14 @@ def build_model(cfg):
 # ----------------------------------------------------------------------------------------------------------
 # evaluation (evaluate.py calls evaluate_checkpoint; the run's validation and final test use the same code)
 
-def evaluate_model(model, dataset, cfg, device, ctx, prefix, visualize=0, out_dir=None):
-    from models.clip_align_eval import predict, save_strips, video_clip_metrics
+def evaluate_model(model, dataset, cfg, device, ctx, prefix, visualize=0, out_dir=None, bootstrap=0):
+    from models.clip_align_eval import bootstrap_classification, predict, save_strips, video_clip_metrics
     loader = epoch_loader(dataset, cfg.train.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False,
                           num_workers=cfg.data.num_workers)
-    metrics = video_clip_metrics(predict(model, loader, device, ctx), prefix)
+    pred = predict(model, loader, device, ctx)
+    metrics = video_clip_metrics(pred, prefix)
+    if bootstrap:
+        metrics.update(bootstrap_classification(pred, bootstrap, prefix))
     if visualize and out_dir is not None:
         save_strips(model, dataset, visualize, out_dir, device, ctx, list(dataset.class_names))
     return metrics
@@ -91,7 +94,9 @@ def evaluate_checkpoint(checkpoint, args):
     """Loaded checkpoint dict + args (.split, .visualize, .images, .out_dir, .device) -> flat dict of floats.
 
     args.images: a folder in the data/video.py format to evaluate instead of the configured data (its
-    rows of args.split). args.bootstrap is not used (the D-metrics are reported over seeds instead).
+    rows of args.split). args.bootstrap > 0: that many resamples of the clips for accuracy and macro F1
+    (keys <split>/accuracy/mean, .../std, .../ci_low, .../ci_high); retrieval is not bootstrapped, since a
+    resample repeats clips and breaks the 1:1 diagonal protocol.
     """
     cfg = training.Config.wrap(checkpoint["config"])
     if cfg.train.num_threads:
@@ -102,7 +107,7 @@ def evaluate_checkpoint(checkpoint, args):
     model.to(device).eval()
     dataset = build_dataset(cfg, args.split, root=getattr(args, "images", None))
     return evaluate_model(model, dataset, cfg, device, ctx, f"{args.split}/", getattr(args, "visualize", 0),
-                          getattr(args, "out_dir", None))
+                          getattr(args, "out_dir", None), getattr(args, "bootstrap", 0))
 
 
 # ----------------------------------------------------------------------------------------------------------

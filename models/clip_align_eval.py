@@ -89,6 +89,18 @@ def video_clip_metrics(pred, prefix=""):
     return {prefix + k: v for k, v in metrics.items()}
 
 
+def bootstrap_classification(pred, num_samples, prefix=""):
+    """Bootstrap over clips (metrics.detection.bootstrap) of accuracy and macro F1 only."""
+    from metrics.detection import bootstrap
+    subset_keys = ("logits", "labels", "video_embed", "attn_embed")
+
+    def metric_fn(indices):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        m = video_clip_metrics({k: pred[k][idx] for k in subset_keys})
+        return {k: m[k] for k in ("accuracy", "f1_macro")}
+    return {prefix + k: float(v) for k, v in bootstrap(metric_fn, len(pred["labels"]), num_samples).items()}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # PNG strips: frames, attention map, learned gate (or token saliency), one column per frame
 

@@ -118,6 +118,11 @@ def test_evaluate_checkpoint_on_the_real_folder_format_matches_the_phantoms(tmp_
     on_folder = train_video_clip.evaluate_checkpoint(checkpoint, args)
     assert on_folder["test/accuracy"] == pytest.approx(on_phantoms["test/accuracy"])
     assert on_folder["test/retrieval_r1_v2a"] == pytest.approx(on_phantoms["test/retrieval_r1_v2a"], abs=0.07)
+    args.images, args.bootstrap = None, 30
+    with_ci = train_video_clip.evaluate_checkpoint(checkpoint, args)
+    assert with_ci["test/accuracy/ci_low"] <= with_ci["test/accuracy/mean"] <= with_ci["test/accuracy/ci_high"]
+    assert abs(with_ci["test/accuracy/mean"] - on_phantoms["test/accuracy"]) < 0.15
+    assert "test/f1_macro/std" in with_ci and "test/retrieval_r1_v2a/mean" not in with_ci
 
 
 def test_full_method_learns_beyond_chance_on_informative_phantoms(tmp_path):
