@@ -133,12 +133,12 @@ def loss_terms(model, out, labels, captions, weights, cfg, text_encoder, contras
     terms = model.wsrpn.detection_losses(out, labels)
     stats = {}
     if weights["contrastive"] > 0 or weights["consistency"] > 0:
-        text_emb = model.shared_projection.text(text_encoder(captions).to(out["vision_embedding"].device))  # (N, S)
+        text_emb = model.shared_projection.text(text_encoder(captions).to(out["vision_emb"].device))  # (N, S)
         caption_ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
         groups = torch.tensor([caption_ids[c] for c in captions], device=text_emb.device)  # (N,) same caption, same id
-        terms["contrastive"] = contrastive_loss(out["vision_embedding"], text_emb, groups)
-        terms["consistency"] = vl_consistency(out["vision_embedding"], text_emb, cfg.loss.consistency_temperature)
-        stats["vision_text_similarity"] = (out["vision_embedding"] * text_emb).sum(-1).mean().item()
+        terms["contrastive"] = contrastive_loss(out["vision_emb"], text_emb, groups)
+        terms["consistency"] = vl_consistency(out["vision_emb"], text_emb, cfg.loss.consistency_temperature)
+        stats["vision_text_similarity"] = (out["vision_emb"] * text_emb).sum(-1).mean().item()
     if weights["gaussian_entropy"] > 0 or weights["gaussian_scale"] > 0:
         objectness = 1 - out["roi_probs"][..., -1]  # (N, K)
         terms["gaussian_entropy"] = gaussian_entropy(out["gaussian_maps"], objectness)
@@ -164,7 +164,7 @@ def predict(model, images_batches, box_threshold, device, ctx):
             yield {"boxes": boxes[b], "labels": labels[b], "scores": scores[b], "rois": kept,
                    "mu": out["mu"][b].float().cpu(), "sigma": out["sigma"][b].float().cpu(),
                    "maps": out["gaussian_maps"][b].float().cpu().reshape(-1, H, W),
-                   "vision_embedding": out["vision_embedding"][b].float().cpu()}
+                   "vision_emb": out["vision_emb"][b].float().cpu()}
 
 
 def _roi_indices(out, b, boxes):
@@ -220,7 +220,7 @@ def evaluate_detection(model, dataset, cfg, device, ctx, text_encoder=None, rode
     metrics["boxes_per_image"] = sum(len(b) for b in pred_boxes) / max(1, len(pred_boxes))
     if text_encoder is not None:
         from metrics.retrieval import alignment_statistics
-        vision = torch.stack([p["vision_embedding"] for p in predictions])  # (N, S)
+        vision = torch.stack([p["vision_emb"] for p in predictions])  # (N, S)
         text_features = torch.cat([text_encoder(captions[i:i + 64]) for i in range(0, len(captions), 64)])
         text = model.shared_projection.text(text_features.to(device)).float().cpu()  # (N, S)
         caption_ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}

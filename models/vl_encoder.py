@@ -3,7 +3,7 @@
     text_encoder = TextEncoder("tiny-hub/bert-mlm")      # paper: emilyalsentzer/Bio_ClinicalBERT
     text_features = text_encoder(captions)                # (B, H_t) masked mean of the last hidden states
     model = WsrpnVL(WSRPN(...), text_dim=text_encoder.hidden_size, shared_dim=128)
-    out = model(images)                                   # WSRPN outputs + "vision_embedding" (B, S)
+    out = model(images)                                   # WSRPN outputs + "vision_emb" (B, S)
     text_embedding = model.shared_projection.text(text_features)   # (B, S)
 
 Design choices:
@@ -110,5 +110,5 @@ class WsrpnVL(nn.Module):
 
     def forward(self, images):
         out = self.wsrpn(images)
-        out["vision_embedding"] = self.shared_projection.vision(out["vision_features"])  # (B, S)
+        out["vision_emb"] = self.shared_projection.vision(out["vision_features"])  # (B, S)
         return out

@@ -84,7 +84,7 @@ def test_contrastive_gradient_reaches_gaussians_not_backbone_with_roi_source():
     out = model(torch.rand(4, 3, 64, 64))
     out["mu"].retain_grad(), out["sigma"].retain_grad()
     text = model.shared_projection.text(torch.randn(4, 16))
-    ContrastiveVLLoss()(out["vision_embedding"], text).backward()
+    ContrastiveVLLoss()(out["vision_emb"], text).backward()
     assert out["mu"].grad.abs().sum() > 0 and out["sigma"].grad.abs().sum() > 0
     assert model.wsrpn.gaussian_predictor.mlp[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.wsrpn.backbone.parameters())
@@ -93,7 +93,7 @@ def test_contrastive_gradient_reaches_gaussians_not_backbone_with_roi_source():
 def test_global_source_trains_backbone_and_bypasses_gaussians():
     model = _vl_model("global")
     out = model(torch.rand(4, 3, 64, 64))
-    ContrastiveVLLoss()(out["vision_embedding"], model.shared_projection.text(torch.randn(4, 16))).backward()
+    ContrastiveVLLoss()(out["vision_emb"], model.shared_projection.text(torch.randn(4, 16))).backward()
     assert model.wsrpn.backbone[0].weight.grad.abs().sum() > 0
     assert model.wsrpn.gaussian_predictor.mlp[0].weight.grad is None
 
