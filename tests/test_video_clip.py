@@ -13,10 +13,19 @@ import torch
 import training
 import train_video_clip
 
-# the evaluation uses metrics/ (accuracy, F1, retrieval), written by the metrics issue; until it lands these
-# tests are skipped, never faked
-pytest.importorskip("metrics.retrieval")
-pytest.importorskip("metrics.classification")
+
+
+def _has_metrics():
+    try:
+        import metrics.classification, metrics.detection, metrics.retrieval  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+# the evaluation uses metrics/ (accuracy, F1, retrieval, bootstrap), written by the metrics issue; until it
+# lands the tests that evaluate are skipped, never faked
+needs_metrics = pytest.mark.skipif(not _has_metrics(), reason="metrics/ (metrics issue) is not in the tree yet")
 from models.clip_align_eval import alignment_vs_correctness, video_clip_metrics
 
 SMALL = ["data.num_train=32", "data.num_val=16", "data.num_test=16", "train.batch_size=8", "eval.visualize=0"]
@@ -54,6 +63,7 @@ def test_seed_command_parses_and_runs_two_steps(tmp_path, name):
     assert (tmp_path / "last.pt").is_file()
 
 
+@needs_metrics
 def test_full_tiny_run_writes_seed_metric_names_and_strips_and_resume_is_exact(tmp_path):
     common = [*SMALL, "train.steps=4", "train.eval_interval=2", "train.log_interval=1", "eval.visualize=2"]
     train_video_clip.main(["--out", str(tmp_path / "full"), *common])
@@ -76,6 +86,7 @@ def test_full_tiny_run_writes_seed_metric_names_and_strips_and_resume_is_exact(t
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
+@needs_metrics
 def test_retrieval_and_alignment_metrics_on_a_constructed_case():
     # 6 clips; video i matches attention i, except that attention 4 and 5 are closer to the other video
     # (cosine 0.8) than to their own (0.6): those two rank 2nd in both directions
@@ -104,6 +115,7 @@ def test_retrieval_and_alignment_metrics_on_a_constructed_case():
     assert math.isnan(nan_case["align_sim_incorrect"]) and math.isnan(nan_case["align_sim_corr"])
 
 
+@needs_metrics
 def test_evaluate_checkpoint_on_the_real_folder_format_matches_the_phantoms(tmp_path):
     from data.phantom_video import PhantomVideoDataset, write_video_folder
     train_video_clip.main(["--out", str(tmp_path / "run"), *SMALL, "train.steps=2", "train.eval_interval=2"])
@@ -125,6 +137,7 @@ def test_evaluate_checkpoint_on_the_real_folder_format_matches_the_phantoms(tmp_
     assert "test/f1_macro/std" in with_ci and "test/retrieval_r1_v2a/mean" not in with_ci
 
 
+@needs_metrics
 def test_full_method_learns_beyond_chance_on_informative_phantoms(tmp_path):
     """B3, 150 steps on 512 clips (~6 s): accuracy well above the 1/3 chance of 3 classes."""
     metrics = train_video_clip.main(["--out", str(tmp_path), "train.steps=150", "data.num_train=512",
