@@ -136,3 +136,11 @@ def test_compare_aggregates_mean_and_std_over_seeds(tmp_path, monkeypatch):
     assert "0.410 ± 0.014" in (tmp_path / "comparison.md").read_text()  # sample std of (0.40, 0.42)
     train_wsrpn_vl.compare(["--config", "x.yaml"], 2, tmp_path)  # finished runs are reused, not rerun
     assert len(calls) == 2 * len(train_wsrpn_vl.COMPARE_ARMS)
+
+
+def test_phase_flag_stops_after_that_phase(tmp_path):
+    out = train_wsrpn_vl.main(["--phase", "1", "--out", str(tmp_path), *TINY, "eval.final_test=false",
+                               "train.epochs=3", "loss.gaussian_start_epoch=3"])
+    rows = read_log(out / "log.jsonl")
+    assert rows and {r["phase"] for r in rows} == {1} and {r["epoch"] for r in rows} == {0}
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 1  # resumable at the start of phase 2
