@@ -1,0 +1,46 @@
+"""Gated fusion of the global token and the attended queries, 20 -> 10 pooling, 1 + 10 output tokens
+(seed 001 §4.5).
+
+    gate = sigmoid(MLP([cls ; mean(queries)]))      (B, 1) in [0, 1]
+    cls_gated = gate * cls;  queries_weighted = (1 - gate) * queries
+    pooled = MHA(pool_queries, queries_weighted, queries_weighted)   (B, 10, D)
+    visual_tokens = [cls_gated ; pooled]            (B, 11, D)
+
+Design choices:
+- Gate MLP: 2D -> D -> 1 with GELU (the seed says "MLP" without widths). Its last bias starts at 0, so
+  the gate starts near 0.5 (an even mix).
+- `use_gate=False` is the ablation "without gated fusion": cls and queries pass unscaled.
+
+Shape letters: B batch, N attended queries (20), K pooled tokens (10), D width.
+"""
+import torch
+from torch import nn
+
+
+class GatedFusion(nn.Module):
+    def __init__(self, width, num_pooled=10, heads=8, dropout=0.1, use_gate=True):
+        super().__init__()
+        self.use_gate = use_gate
+        self.gate_mlp = nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
+        nn.init.zeros_(self.gate_mlp[-1].weight)
+        nn.init.zeros_(self.gate_mlp[-1].bias)
+        self.pool_queries = nn.Parameter(torch.empty(num_pooled, width))  # (K, D)
+        nn.init.xavier_uniform_(self.pool_queries)
+        self.pool_attention = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+
+    def forward(self, cls, queries):
+        """cls (B, D), queries (B, N, D) -> visual_tokens (B, 1 + K, D), gate (B, 1)."""
+        B, N, D = queries.shape
+        if self.use_gate:
+            query_mean = queries.mean(dim=1)                                   # (B, D)
+            gate_input = torch.cat([cls, query_mean], dim=-1)                  # (B, 2D)
+            gate = torch.sigmoid(self.gate_mlp(gate_input))                    # (B, 1)
+            cls_gated = gate * cls                                             # (B, D)
+            queries_weighted = (1 - gate).unsqueeze(-1) * queries              # (B, N, D)
+        else:
+            gate = torch.full((B, 1), float("nan"), device=cls.device)         # (B, 1) no gate
+            cls_gated, queries_weighted = cls, queries
+        pool = self.pool_queries.unsqueeze(0).expand(B, -1, -1)                # (B, K, D)
+        pooled, _ = self.pool_attention(pool, queries_weighted, queries_weighted, need_weights=False)  # (B, K, D)
+        visual_tokens = torch.cat([cls_gated.unsqueeze(1), pooled], dim=1)     # (B, 1 + K, D)
+        return visual_tokens, gate
