@@ -41,7 +41,7 @@ def build_siglip_vision(cfg):
     arch = dict(cfg.architecture) or {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
                                       "num_attention_heads": 4, "patch_size": 16}
     arch.setdefault("image_size", cfg.image_size)
-    return SiglipVisionModel(SiglipVisionConfig(**arch)).vision_model
+    return SiglipVisionModel(SiglipVisionConfig(**arch))  # the same class SiglipModel.vision_model is
 
 
 def add_lora(module, rank, alpha, dropout, targets):

@@ -1,0 +1,158 @@
+"""train_chexquery.py: per-phase freezing, a two-step smoke run, phase 1 -> phase 2 resume, exact same-phase
+resume, bad input (missing image, empty and all-XXXX reports, prompt without placeholder).
+Run: /work/venv/bin/python -m pytest -q tests/test_chexquery_train.py"""
+import csv
+import importlib.util
+import json
+
+import pytest
+import torch
+
+import train_chexquery as T
+import training
+from data.sample import DataError
+from models.chexquery import chexquery_losses
+from models.text_decoder import encode_targets, prompt_prefix
+
+SMALL = ["data.num_train=32", "data.num_val=8", "data.num_test=8", "phases.phase1.epochs=2", "phases.phase2.epochs=1",
+         "phases.phase1.batch_size=16", "phases.phase2.batch_size=16", "phases.phase1.effective_batch_size=32",
+         "phases.phase2.effective_batch_size=32", "eval.final_test=false", "train.log_interval=1"]
+
+
+def config(*overrides):
+    return training.load_config(training.default_config_path("chexquery"), list(SMALL) + list(overrides))
+
+
+@pytest.mark.parametrize("phase", [1, 2, 3])
+def test_freezing_per_phase(phase):
+    """After one optimizer step: frozen parameters bit-identical, LoRA / queries / trained modules changed."""
+    cfg = config()
+    torch.manual_seed(0)
+    model = T.build_model(cfg)
+    trainable = training.set_trainable(model, model.trainable_patterns(phase))
+    optimizer = training.build_optimizer(model, 1e-3, 0.0, no_weight_decay=model.no_weight_decay())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tokenizer = T.load_tokenizer_for(cfg)
+    from data.sample import collate
+    batch = collate([T.build_dataset(cfg, "train")[i] for i in range(4)])
+    ids, labels, mask = encode_targets(tokenizer, batch["report"], prompt_prefix(cfg.data.prompt_template), 64, 0)
+    out = model(batch["image"], ids, mask)
+    p, _ = T.phase_settings(cfg, phase)
+    chexquery_losses(out, labels, T.aux_targets(batch, cfg), p.lambda_gen, p.lambda_aux)["loss"].backward()
+    optimizer.step()
+    changed = {n for n, q in model.named_parameters() if not torch.equal(before[n], q.detach())}
+    frozen = {n for n, q in model.named_parameters() if not q.requires_grad}
+    assert not (changed & frozen)
+    assert "condition_queries.queries" in changed and "anatomical_queries.queries" in changed
+    assert any(n.startswith("cross_attention.") for n in changed) and any(n.startswith("gated_fusion.") for n in changed)
+    vision_lora = {n for n in changed if n.startswith("vision_encoder.") and "lora_B" in n}
+    decoder_lora = {n for n in changed if n.startswith("text_decoder.") and "lora_B" in n}
+    assert bool(vision_lora) == (phase == 2)
+    assert bool(decoder_lora) == (phase in (2, 3))
+    assert not any(n.startswith("vision_encoder.") and "lora" not in n for n in changed)  # backbone never trains
+    assert not any(n.startswith("text_decoder.") and "lora" not in n for n in changed)
+    assert any(n.startswith("auxiliary_head.") for n in changed) == (phase in (1, 2))
+    assert sum(q.numel() for q in trainable) < sum(q.numel() for q in model.parameters())
+
+
+def test_two_step_smoke_run_and_phase_resume(tmp_path, capsys):
+    out1 = tmp_path / "p1"
+    T.main(["--phase", "1", "--out", str(out1), "train.stop_after_steps=2"] + SMALL)
+    text = capsys.readouterr().out
+    assert "phase 1 trainable patterns" in text and "accumulation = effective batch 32" in text
+    assert "auxiliary labels from phantom label vectors" in text
+    ckpt = torch.load(out1 / "last.pt", map_location="cpu", weights_only=False)
+    assert ckpt["step"] == 2 and ckpt["phase"] == 1 and ckpt["tokenizer_files"]
+    rows = [json.loads(l) for l in (out1 / "log.jsonl").read_text().splitlines()]
+    losses = [r for r in rows if "generation" in r]
+    assert [r["step"] for r in losses] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in losses)
+    # phase 2 from phase 1's best: frozen vision backbone weights carried over unchanged, LoRA trained
+    out2 = tmp_path / "p2"
+    T.main(["--phase", "2", "--resume", str(out1 / "best.pt"), "--out", str(out2)] + SMALL)
+    assert "phase 2 starts from the phase 1 weights" in capsys.readouterr().out
+    p1 = torch.load(out1 / "best.pt", map_location="cpu", weights_only=False)["model"]
+    p2 = torch.load(out2 / "best.pt", map_location="cpu", weights_only=False)
+    assert p2["phase"] == 2
+    key = "vision_encoder.model.encoder.layers.0.self_attn.k_proj.weight"
+    assert torch.equal(p1[key], p2["model"][key])
+    lora = "vision_encoder.model.encoder.layers.0.self_attn.q_proj.lora_B.default.weight"
+    assert torch.equal(p1[lora], torch.zeros_like(p1[lora])) and not torch.equal(p1[lora], p2["model"][lora])
+    assert not torch.equal(p1["condition_queries.queries"], p2["model"]["condition_queries.queries"])
+
+
+def test_same_phase_resume_is_exact(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    T.main(["--phase", "1", "--out", str(full)] + SMALL)
+    T.main(["--phase", "1", "--out", str(part), "train.stop_after_steps=1"] + SMALL)
+    T.main(["--phase", "1", "--out", str(part), "--resume", str(part / "last.pt")] + SMALL)
+    a = torch.load(full / "last.pt", map_location="cpu", weights_only=False)
+    b = torch.load(part / "last.pt", map_location="cpu", weights_only=False)
+    assert a["step"] == b["step"] == 2
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
+
+
+def test_prompt_template_without_placeholder_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"data.prompt_template must contain the placeholder \{report\}"):
+        T.main(["--phase", "1", "--out", str(tmp_path), "data.prompt_template=Write a chest X-ray report"])
+
+
+def _iu_copy(tmp_path, n=12):
+    from data.iu_xray import write_iu_xray
+    from data.phantom import phantom_split
+    info = write_iu_xray(tmp_path / "iu", [phantom_split("train", 1, 96)[0] for _ in range(1)] +
+                         [phantom_split("val", n, 96)[i] for i in range(n)], labels_csv=False)
+    return info["root"]
+
+
+def _edit_reports(root, changes):
+    path = root / "indiana_reports.csv"
+    rows = list(csv.reader(path.open()))
+    for uid, (findings, impression) in changes.items():
+        row = next(r for r in rows if r[0] == uid)
+        row[6], row[7] = findings, impression
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def test_bad_reports_and_missing_image(tmp_path, capsys):
+    root = _iu_copy(tmp_path)
+    _edit_reports(root, {"2": ("", ""), "3": ("XXXX XXXX.", "The XXXX is XXXX.")})
+    cfg = config("data.source=iu_xray", f"data.root={root}", "data.on_error=skip")
+    kept = 0  # studies are split 70/15/15 by uid: count over the three splits
+    for split in ("train", "val", "test"):
+        try:
+            d = T.build_dataset(cfg, split)
+            kept += len(d)
+        except DataError:
+            pass
+    out = capsys.readouterr().out
+    assert kept == 11  # 13 studies - 1 empty (left out by the adapter) - 1 all-XXXX (skipped here)
+    assert "whose report is empty after cleaning" in out and "studies without findings or impression left out" in out
+    # the same all-XXXX report with on_error=stop: one clear error naming the CSV line
+    stop = config("data.source=iu_xray", f"data.root={root}", "data.on_error=stop")
+    with pytest.raises(DataError, match=r"empty after cleaning.*indiana_projections.csv line"):
+        for split in ("train", "val", "test"):
+            T.build_dataset(stop, split)
+    # a missing image: stop names the file; skip counts it
+    for image in (root / "images" / "images_normalized").glob("5_IM-*"):
+        image.unlink()  # the frontal (and lateral) image of study 5
+    _edit_reports(root, {"3": ("Normal heart.", "Normal.")})
+    with pytest.raises(DataError, match=r"image not found: .*/5_IM-\d+-\d+\.dcm\.png"):
+        for split in ("train", "val", "test"):
+            T.build_dataset(stop, split)
+    assert sum(len(T.build_dataset(cfg, s)) for s in ("train", "val", "test")) == 11
+
+
+def test_generation_follows_config(tmp_path):
+    cfg = config("generation.max_length=10", "generation.min_length=3", "generation.num_beams=2")
+    model = T.build_model(cfg).eval()
+    tokenizer = T.load_tokenizer_for(cfg)
+    images = torch.stack([T.build_dataset(cfg, "val")[i]["image"] for i in range(2)])
+    reports, out = T.generate_reports(model, images, tokenizer, cfg, "cpu", torch.autocast("cpu", enabled=False))
+    assert len(reports) == 2 and all(isinstance(r, str) for r in reports)
+    prompt_ids = tokenizer(prompt_prefix(cfg.data.prompt_template), add_special_tokens=False).input_ids
+    tokens, _ = model.generate(images, prompt_ids, T.generation_settings(cfg))
+    assert tokens.shape[0] == 2 and 3 <= tokens.shape[1] <= 10  # report tokens only, prompt not counted
+    assert T.generation_settings(cfg)["num_beams"] == 2
+    assert out["attention"].shape == (2, 2, 20, 36)

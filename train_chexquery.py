@@ -1,0 +1,485 @@
+"""CheXQuery-MedVLM training (seed 001): chest X-ray report generation with condition and anatomical
+queries, three phases as separate runs.
+
+Commands (run from the repository root):
+    # tiny CPU default: phase 1 then phase 2 on phantoms (run dir gets phase1/ and phase2/)
+    python train_chexquery.py --out runs/chexquery/tiny
+    # one phase at a time, each from the previous phase's best checkpoint (seed 001 §11)
+    python train_chexquery.py --phase 1 --out runs/chexquery/p1
+    python train_chexquery.py --phase 2 --resume runs/chexquery/p1/best.pt --out runs/chexquery/p2
+    python train_chexquery.py --phase 3 --resume runs/chexquery/p2/best.pt --out runs/chexquery/p3   # optional
+    # paper scale (edit data.root first): IU X-ray frontal images, 70/15/15 by patient
+    python train_chexquery.py --config configs/chexquery.yaml --phase 1
+    python train_chexquery.py --config configs/chexquery.yaml --phase 1 data.source=iu_xray_r2gen \
+        data.annotation=/data/iu_xray/annotation.json data.root=/data/iu_xray/images      # R2Gen split
+    # build the paper-size model without downloading and print the parameter table per phase
+    python train_chexquery.py --config configs/chexquery.yaml --dry-run model.pretrained=false
+    # evaluation (text metrics, rule-based clinical F1, template baselines, auxiliary AUROC), generation
+    # for your own images, per-query cross-attention PNGs
+    python evaluate.py runs/chexquery/tiny/phase2/best.pt --split test --images my_xrays/ --visualize 4
+
+Loss (seed 001 §7): loss = lambda_gen * generation + lambda_aux * auxiliary (models/chexquery.py), with
+label smoothing from phase 2. Optimizer steps use gradient accumulation: `batch_size` micro-batches,
+`effective_batch_size / batch_size` of them per step. A run writes config.yaml, log.jsonl, last.pt,
+best.pt (lowest validation generation loss) and metrics.json (test split of best.pt).
+"""
+# ----------------------------------------------------------------------------------------------------------
+# imports
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import training
+from data.loader import batches_per_epoch, epoch_loader
+from data.sample import DataError
+from models.chexquery import PHASE_TRAINABLE, ChexQuery, ChexQueryConfig, chexquery_losses, parameter_table
+from models.text_decoder import encode_targets, prompt_prefix
+
+SYSTEM = "chexquery"
+# seed 001 §10.1: total / trainable parameters per component (paper scale)
+SEED_PARAMETERS = {
+    "vision_encoder": (86e6, 300e3), "condition_queries": (10.7e3, 10.7e3), "anatomical_queries": (4.6e3, 4.6e3),
+    "cross_attention": (12e6, 12e6), "gated_fusion": (2e6, 2e6), "auxiliary_head": (300e3, 300e3),
+    "text_decoder": (248e6, 1.5e6), "total": (350e6, 16e6),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config
+
+def model_config(cfg):
+    """cfg.model -> ChexQueryConfig; model.pretrained=false switches every pretrained load off."""
+    m = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
+    m["vision"], m["decoder"] = dict(m["vision"]), dict(m["decoder"])
+    m["vision"]["pretrained"] = m["decoder"]["pretrained"] = bool(m["pretrained"])
+    if not m["pretrained"] and m["condition_init"] == "bert":
+        m["condition_init"] = "xavier"   # no text encoder without pretrained weights (weights come from a checkpoint)
+    return ChexQueryConfig.from_dict(m)
+
+
+def phase_settings(cfg, phase):
+    p = cfg.phases[f"phase{phase}"]
+    if p.effective_batch_size % p.batch_size:
+        raise training.ConfigError(f"phases.phase{phase}: effective_batch_size {p.effective_batch_size} is not a "
+                                   f"multiple of batch_size {p.batch_size}")
+    return p, p.effective_batch_size // p.batch_size
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+def has_report_text(report):
+    """False for a report whose findings and impression are both empty after cleaning (e.g. all XXXX)."""
+    from data.reports import split_sections
+    try:
+        findings, impression = split_sections(report)
+    except Exception:
+        return bool(str(report).strip())
+    return bool(findings.strip() or impression.strip())
+
+
+def build_dataset(cfg, split, transform_train=None):
+    """Phantoms or IU X-ray (Kaggle layout or R2Gen annotation) for split train | val | test."""
+    from data.transforms import build_transform
+    d = cfg.data
+    train = split == "train" and d.augment if transform_train is None else transform_train
+    transform = build_transform(train, d.image_size)
+    if d.source == "phantom":
+        from data.phantom import phantom_split
+        count = {"train": d.num_train, "val": d.num_val, "test": d.num_test}[split]
+        dataset = phantom_split(split, count, d.image_size, transform=transform, cache=True)
+        dataset.label_source = "phantom label vectors" if d.aux_labels == "dataset" else "rule labeler on the report"
+        return dataset
+    if d.source == "iu_xray":
+        from data.iu_xray import IUXrayDataset
+        if not d.root:
+            raise training.ConfigError("data.source=iu_xray needs data.root (the folder with indiana_reports.csv)")
+        dataset = IUXrayDataset(d.root, split, transform, frontal_only=True, labels_csv=d.labels_csv,
+                                on_error=d.on_error, check_images=d.check_images)
+    elif d.source == "iu_xray_r2gen":
+        from data.iu_xray import IUXrayR2GenDataset
+        if not d.annotation or not d.root:
+            raise training.ConfigError("data.source=iu_xray_r2gen needs data.annotation (annotation.json) and "
+                                       "data.root (its image root)")
+        dataset = IUXrayR2GenDataset(d.annotation, d.root, split, transform, official_split=d.r2gen_official_split,
+                                     labels_csv=d.labels_csv, on_error=d.on_error, check_images=d.check_images)
+    else:
+        raise training.ConfigError(f"data.source must be phantom, iu_xray or iu_xray_r2gen, got {d.source!r}")
+    kept = [r for r in dataset.records if has_report_text(r["report"])]
+    dropped = len(dataset.records) - len(kept)
+    if dropped:
+        message = (f"{dropped} {split} image(s) whose report is empty after cleaning (e.g. only XXXX sentences), "
+                   f"first: {next(r['where'] for r in dataset.records if not has_report_text(r['report']))}")
+        if d.on_error == "stop":
+            raise DataError(message + "; set data.on_error=skip to leave them out")
+        print(f"[{SYSTEM}] skipped {message}")
+    dataset.records = kept
+    if not kept:
+        raise DataError(f"{SYSTEM}: no {split} images with a report left in {d.root}")
+    dataset.label_source = "CheXbert labels " + str(d.labels_csv) if d.labels_csv else "rule labeler (data/labeler.py)"
+    return dataset
+
+
+def aux_targets(batch, cfg):
+    """(B, 14) {0, 1} auxiliary targets: dataset labels (CheXbert / phantom) or the rule labeler."""
+    if cfg.data.source == "phantom" and cfg.data.aux_labels == "rule":
+        from data.labeler import label_report, labels_to_vector
+        labels = torch.from_numpy(np.stack([labels_to_vector(label_report(r)) for r in batch["report"]]))
+    else:
+        labels = batch["labels"].float()
+    return torch.where(labels < 0, torch.full_like(labels, float(cfg.data.uncertain == "positive")), labels)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model
+
+def build_model(cfg):
+    return ChexQuery(model_config(cfg))
+
+
+def load_tokenizer_for(cfg, checkpoint=None):
+    """The decoder's tokenizer: from the checkpoint's files when it has them, else through load_hf."""
+    if checkpoint is not None and checkpoint.get("tokenizer_files"):
+        import tempfile
+        from transformers import AutoTokenizer
+        directory = training.write_tokenizer_files(checkpoint["tokenizer_files"], tempfile.mkdtemp(prefix="chexquery-tok-"))
+        return AutoTokenizer.from_pretrained(directory)
+    from models.text_decoder import TextDecoderConfig, load_tokenizer
+    return load_tokenizer(TextDecoderConfig(**dict(cfg.model.decoder)))
+
+
+def print_parameter_table(model, compare_seed=False):
+    """Per component: total parameters and trainable parameters in each phase (+ seed §10.1 when asked)."""
+    table = parameter_table(model)
+    table["total"] = {k: sum(r[k] for r in table.values()) for k in ("total", 1, 2, 3)}
+    header = f"{'component':<20} {'total':>13} {'phase 1':>12} {'phase 2':>12} {'phase 3':>12}"
+    if compare_seed:
+        header += f" {'seed total':>11} {'ratio':>6} {'seed train':>11} {'ratio p2':>8}"
+    print(header)
+    for name, row in table.items():
+        line = f"{name:<20} {row['total']:>13,} {row[1]:>12,} {row[2]:>12,} {row[3]:>12,}"
+        if compare_seed and name in SEED_PARAMETERS:
+            seed_total, seed_train = SEED_PARAMETERS[name]
+            line += f" {seed_total:>11,.0f} {row['total'] / seed_total:>6.2f} {seed_train:>11,.0f} {row[2] / seed_train:>8.2f}"
+        print(line)
+    return table
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluation (evaluate.py calls evaluate_checkpoint; the run's final test uses the same code)
+
+def generation_settings(cfg):
+    return {k: cfg.generation[k] for k in ("num_beams", "no_repeat_ngram_size", "length_penalty", "early_stopping",
+                                           "min_length", "max_length")}
+
+
+@torch.no_grad()
+def validation_loss(model, dataset, cfg, tokenizer, device, ctx, phase):
+    """Mean generation / auxiliary loss on a split (teacher forcing, no smoothing)."""
+    p, _ = phase_settings(cfg, phase)
+    model.eval()
+    prompt = prompt_prefix(cfg.data.prompt_template)
+    sums, count = {"generation": 0.0, "auxiliary": 0.0}, 0
+    for batch in epoch_loader(dataset, cfg.eval.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False):
+        ids, labels, mask = encode_targets(tokenizer, batch["report"], prompt, cfg.data.max_report_tokens,
+                                           model.text_decoder.model.config.decoder_start_token_id)
+        with ctx:
+            out = model(batch["image"].to(device), ids.to(device), mask.to(device))
+            terms = chexquery_losses(out, labels.to(device), aux_targets(batch, cfg).to(device), p.lambda_gen, p.lambda_aux)
+        n = len(batch["report"])
+        for k in sums:
+            sums[k] += float(terms[k]) * n
+        count += n
+    return {f"val/{k}": v / max(count, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def generate_reports(model, images, tokenizer, cfg, device, ctx):
+    """images (B, 3, H, W) -> (list of B report strings, encode dict)."""
+    prompt_ids = tokenizer(prompt_prefix(cfg.data.prompt_template), add_special_tokens=False).input_ids
+    with ctx:
+        tokens, out = model.generate(images.to(device), prompt_ids, generation_settings(cfg))
+    return [t.strip() for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)], out
+
+
+def user_images(path):
+    path = Path(path)
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"--images {path}: no such file or folder; expected an image or a folder of images")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+    if not files:
+        raise DataError(f"--images {path}: no image files ({', '.join(sorted(suffixes))}) in this folder")
+    return files
+
+
+def report_for_images(model, tokenizer, cfg, device, ctx, path, out_dir):
+    """Generate a report for each image under `path`; writes generated_reports.jsonl into out_dir."""
+    from data.io import load_image
+    from data.transforms import build_transform
+    transform = build_transform(False, cfg.data.image_size)
+    rows = []
+    for file in tqdm(user_images(path), desc="generate", leave=False):
+        image, _, _ = transform(load_image(file, str(file)), np.zeros((0, 4), np.float32), np.zeros((0, 1, 1), bool))
+        reports, _ = generate_reports(model, image[None], tokenizer, cfg, device, ctx)
+        rows.append({"image": str(file), "report": reports[0]})
+        print(f"{file}: {reports[0]}")
+    target = Path(out_dir) / "generated_reports.jsonl"
+    target.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {target}")
+    return rows
+
+
+def save_attention_pngs(model, dataset, count, cfg, tokenizer, device, ctx, out_dir):
+    """One PNG per image: each of the 20 queries' last-layer cross-attention over the image."""
+    from metrics.visualize import attention_grid
+    names = [f"C: {n}" for n in model.condition_queries.names] + [f"A: {n}" for n in model.anatomical_queries.names]
+    grid = model.vision_encoder.patch_grid
+    for i in range(min(count, len(dataset))):
+        sample = dataset[i]
+        report, out = generate_reports(model, sample["image"][None], tokenizer, cfg, device, ctx)
+        maps = out["attention"][0, -1].float().cpu().view(-1, grid, grid).numpy()   # (N, h, w)
+        image = (sample["image"][0].numpy() * 0.5 + 0.5).clip(0, 1)                # (H, W) un-normalized
+        attention_grid(image, maps, names, str(Path(out_dir) / f"cross_attention_{i:03d}.png"))
+
+
+def evaluate_model(model, dataset, cfg, tokenizer, device, ctx, train_reports=None):
+    """Generate for every sample -> text metrics, rule-based clinical F1, template baselines, aux AUROC."""
+    from metrics.classification import classification_metrics
+    from metrics.clinical import clinical_metrics
+    from metrics.text import template_baselines, text_metrics
+    from data.labels import CHEXPERT_LABELS
+    model.eval()
+    predictions, references, scores, targets = [], [], [], []
+    limit = cfg.eval.max_samples or len(dataset)
+    for batch in tqdm(epoch_loader(dataset, cfg.eval.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False),
+                      desc="evaluate", leave=False):
+        reports, out = generate_reports(model, batch["image"], tokenizer, cfg, device, ctx)
+        predictions += reports
+        references += list(batch["report"])
+        scores.append(torch.sigmoid(out["aux_logits"].float()).cpu())
+        targets.append(aux_targets(batch, cfg))
+        if len(predictions) >= limit:
+            break
+    predictions, references = predictions[:limit], references[:limit]
+    metrics = dict(text_metrics(predictions, references))
+    metrics.update(clinical_metrics(predictions, references))
+    if train_reports:
+        metrics.update(template_baselines(train_reports, references))
+    scores, targets = torch.cat(scores)[:limit].numpy(), torch.cat(targets)[:limit].numpy()
+    metrics.update(classification_metrics(scores, targets, list(CHEXPERT_LABELS), prefix="aux/"))
+    metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+    return metrics, predictions, references
+
+
+def train_reports_of(cfg):
+    dataset = build_dataset(cfg, "train", transform_train=False)
+    if hasattr(dataset, "records"):
+        return [r["report"] for r in dataset.records]
+    from data.phantom import make_chest_phantom
+    return [make_chest_phantom(dataset.seed, dataset.start_index + i, 64)["report"] for i in range(len(dataset))]
+
+
+def evaluate_checkpoint(checkpoint, args):
+    """Loaded checkpoint dict + args (.split, .images, .visualize, .out_dir, .device) -> flat dict of floats."""
+    cfg = training.Config.wrap(checkpoint["config"])
+    cfg = training.apply_overrides(cfg, ["model.pretrained=false"])   # the weights come from the checkpoint
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device, ctx, _, _ = training.setup_device(getattr(args, "device", None) or "auto", cfg.train.dtype)
+    model = build_model(cfg)
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    tokenizer = load_tokenizer_for(cfg, checkpoint)
+    out_dir = Path(getattr(args, "out_dir", None) or ".")
+    if getattr(args, "images", None):
+        rows = report_for_images(model, tokenizer, cfg, device, ctx, args.images, out_dir)
+        return {"images/count": float(len(rows))}
+    dataset = build_dataset(cfg, args.split)
+    metrics, predictions, references = evaluate_model(model, dataset, cfg, tokenizer, device, ctx, train_reports_of(cfg))
+    (out_dir / f"reports_{args.split}.jsonl").write_text(
+        "".join(json.dumps({"generated": p, "reference": r}) + "\n" for p, r in zip(predictions, references)))
+    if getattr(args, "visualize", 0):
+        save_attention_pngs(model, dataset, args.visualize, cfg, tokenizer, device, ctx, out_dir)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one phase
+
+def train_phase(cfg, phase, out_dir, resume=None):
+    """Train phase 1, 2 or 3 into out_dir; returns the test metrics dict (or {} when stopped early)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    training.save_config(cfg, out_dir)
+    p, accum = phase_settings(cfg, phase)
+    prompt = prompt_prefix(cfg.data.prompt_template)
+
+    # device, seed, AMP
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device, ctx, scaler, dtype = training.setup_device(cfg.train.device, cfg.train.dtype)
+    training.seed_everything(cfg.train.seed)
+
+    # data
+    train_set, val_set = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    steps_per_epoch = batches_per_epoch(train_set, p.batch_size) // accum
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(train_set)} training images are fewer than one effective batch ({p.effective_batch_size})")
+    total_steps = p.epochs * steps_per_epoch
+    print(f"data: {len(train_set)} train / {len(val_set)} val images; auxiliary labels from {train_set.label_source}")
+    print(f"phase {phase}: {p.epochs} epochs x {steps_per_epoch} steps, micro-batch {p.batch_size} x {accum} "
+          f"accumulation = effective batch {p.effective_batch_size}, lr {p.lr}, warmup {p.warmup_steps}, "
+          f"label smoothing {p.label_smoothing}, lambda_gen {p.lambda_gen}, lambda_aux {p.lambda_aux}")
+
+    # model
+    model = build_model(cfg).to(device)
+    tokenizer = load_tokenizer_for(cfg)
+    start_id = model.text_decoder.model.config.decoder_start_token_id
+
+    # phase freezing (seed 001 §6.1): printed table of trainable / frozen parameters per module
+    print(f"phase {phase} trainable patterns: {model.trainable_patterns(phase)}")
+    trainable = training.set_trainable(model, model.trainable_patterns(phase))
+
+    # optimizer + scaler
+    optimizer = training.build_optimizer(model, p.lr, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay())
+
+    # resume: same phase -> exact continuation; earlier phase -> its weights, a fresh optimizer at step 0
+    step, best_metric = 0, float("inf")
+    if resume:
+        previous = torch.load(resume, map_location="cpu", weights_only=False)
+        if previous.get("phase") == phase:
+            checkpoint = training.load_checkpoint(resume, model, optimizer, scaler)
+            step, best_metric = checkpoint["step"], checkpoint["best_metric"]
+            print(f"resumed phase {phase} from {resume} at step {step}")
+        elif isinstance(previous.get("phase"), int) and previous["phase"] < phase:
+            model.load_state_dict(previous["model"])
+            print(f"phase {phase} starts from the phase {previous['phase']} weights in {resume}")
+        else:
+            raise training.ConfigError(f"--resume {resume} is a phase {previous.get('phase')} checkpoint; phase {phase} "
+                                       f"starts from an earlier phase's best.pt or continues its own last.pt")
+    elif phase > 1:
+        print(f"warning: phase {phase} without --resume starts from the pretrained weights, not from phase {phase - 1}")
+
+    logger = training.RunLogger(out_dir)
+
+    def save(name):
+        training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, step // steps_per_epoch, phase,
+                                 best_metric, cfg, tokenizer=tokenizer)
+
+    # loop
+    eval_interval = cfg.train.eval_interval or steps_per_epoch
+    stop_at = min(total_steps, cfg.train.stop_after_steps or total_steps)
+    progress = tqdm(total=stop_at, initial=step, desc=f"{SYSTEM} phase {phase}", dynamic_ncols=True, leave=False)
+    while step < stop_at:
+        epoch, start = divmod(step, steps_per_epoch)
+        micro = 0
+        t0 = time.time()
+        for batch in epoch_loader(train_set, p.batch_size, cfg.train.seed, epoch, start_batch=start * accum,
+                                  num_workers=cfg.data.num_workers):
+            model.train()
+            lr = training.get_lr(step, p.lr, p.warmup_steps, total_steps, cfg.train.min_lr)
+            training.set_lr(optimizer, lr)
+            images = batch["image"].to(device)                                                    # (B, 3, H, W)
+            ids, labels, mask = encode_targets(tokenizer, batch["report"], prompt, cfg.data.max_report_tokens, start_id)
+            with ctx:
+                out = model(images, ids.to(device), mask.to(device))                             # logits (B, T, W)
+                terms = chexquery_losses(out, labels.to(device), aux_targets(batch, cfg).to(device),
+                                         p.lambda_gen, p.lambda_aux, p.label_smoothing)
+            training.check_finite(terms, step)
+            scaler.scale(terms["loss"] / accum).backward()
+            micro += 1
+            if micro % accum:
+                continue
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            progress.update(1)
+            if step % cfg.train.log_interval == 0 or step == 1:
+                logger.log(step=step, phase=phase, **{k: float(v.detach()) for k, v in terms.items()},
+                           gate=float(out["gate"].detach().float().mean()), lr=lr, grad_norm=float(grad_norm),
+                           s_per_step=time.time() - t0)
+            t0 = time.time()
+            if step % eval_interval == 0 or step == total_steps:
+                metrics = validation_loss(model, val_set, cfg, tokenizer, device, ctx, phase)
+                logger.log(step=step, phase=phase, **metrics)
+                if metrics["val/generation"] < best_metric:
+                    best_metric = metrics["val/generation"]
+                    save("best.pt")
+                save("last.pt")
+            if step >= stop_at:
+                break
+    progress.close()
+    if step % eval_interval and step != total_steps:
+        save("last.pt")
+    if not (out_dir / "best.pt").exists():
+        save("best.pt")
+
+    # cleanup: final test evaluation of best.pt (a finished phase only)
+    if step < total_steps or not cfg.eval.final_test:
+        return {}
+    figures = out_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    args = argparse.Namespace(checkpoint=str(out_dir / "best.pt"), split="test", bootstrap=0,
+                              visualize=cfg.eval.visualize, images=None, out_dir=str(figures), device=cfg.train.device)
+    t0 = time.time()
+    try:
+        metrics = evaluate_checkpoint(torch.load(out_dir / "best.pt", map_location="cpu", weights_only=False), args)
+    except ModuleNotFoundError as error:
+        if not str(error.name).startswith("metrics"):
+            raise
+        print(f"test evaluation skipped: {error} (metrics/ is not installed in this checkout)")
+        return {}
+    metrics["eval_seconds"] = time.time() - t0
+    training.atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+    print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------
+# main
+
+def main(argv=None):
+    parser = training.base_argparser(SYSTEM, __doc__)
+    parser.add_argument("--phase", default="1,2", help="1, 2, 3 or a comma list run in order (default 1,2: "
+                        "phase 2 resumes from phase 1's best.pt; run dir gets phase<k>/ folders)")
+    parser.add_argument("--dry-run", action="store_true", help="build the model, print the parameter table per "
+                        "component and phase (with seed 001 §10.1), and exit")
+    args = parser.parse_args(argv)
+    cfg = training.load_config(args.config, args.overrides)
+    if cfg.get("system") != SYSTEM:
+        raise training.ConfigError(f"{args.config}: system is {cfg.get('system')!r}, expected {SYSTEM!r}")
+    prompt_prefix(cfg.data.prompt_template)   # a template without {report} stops here, before any work
+    try:
+        phases = [int(x) for x in str(args.phase).split(",")]
+    except ValueError:
+        phases = []
+    if not phases or any(x not in PHASE_TRAINABLE for x in phases):
+        raise training.ConfigError(f"--phase must be 1, 2, 3 or a comma list of them, got {args.phase!r}")
+    if args.dry_run:
+        t0 = time.time()
+        model = build_model(cfg)
+        print(f"built in {time.time() - t0:.1f} s")
+        return print_parameter_table(model, compare_seed=True)
+    if len(phases) == 1:
+        return train_phase(cfg, phases[0], training.make_out_dir(args.out, SYSTEM, f"phase{phases[0]}"), args.resume)
+    root = training.make_out_dir(args.out, SYSTEM, "phases" + "".join(map(str, phases)))
+    resume, metrics = args.resume, {}
+    for phase in phases:
+        metrics = train_phase(cfg, phase, root / f"phase{phase}", resume)
+        resume = root / f"phase{phase}" / "best.pt"
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
