@@ -314,7 +314,7 @@ def evaluate_checkpoint(checkpoint, args):
 # ----------------------------------------------------------------------------------------------------------
 # one phase
 
-def train_phase(cfg, phase, out_dir, resume=None):
+def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     """Train phase 1, 2 or 3 into out_dir; returns the test metrics dict (or {} when stopped early)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -426,7 +426,7 @@ def train_phase(cfg, phase, out_dir, resume=None):
         save("best.pt")
 
     # cleanup: final test evaluation of best.pt (a finished phase only)
-    if step < total_steps or not cfg.eval.final_test:
+    if step < total_steps or not (cfg.eval.final_test and final_test):
         return {}
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)
@@ -476,7 +476,7 @@ def main(argv=None):
     root = training.make_out_dir(args.out, SYSTEM, "phases" + "".join(map(str, phases)))
     resume, metrics = args.resume, {}
     for phase in phases:
-        metrics = train_phase(cfg, phase, root / f"phase{phase}", resume)
+        metrics = train_phase(cfg, phase, root / f"phase{phase}", resume, final_test=phase == phases[-1])
         resume = root / f"phase{phase}" / "best.pt"
     return metrics
 

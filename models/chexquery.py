@@ -54,6 +54,7 @@ class ChexQueryConfig:
     dropout: float = 0.1
     aux_dropout: float = 0.2
     use_gate: bool = True                            # False: ablation without gated fusion
+    gate_hidden: int = 0                             # gate MLP hidden width; 0 = D / 4
 
     @classmethod
     def from_dict(cls, d):
@@ -70,7 +71,8 @@ class ChexQuery(nn.Module):
         self.condition_queries = ConditionQueries(D, init=cfg.condition_init, encoder_name=cfg.condition_encoder)
         self.anatomical_queries = AnatomicalQueries(D)
         self.cross_attention = CrossAttentionModule(D, cfg.heads, cfg.cross_attention_layers, cfg.ffn_ratio, cfg.dropout)
-        self.gated_fusion = GatedFusion(D, cfg.num_pooled, cfg.heads, cfg.dropout, cfg.use_gate)
+        self.gated_fusion = GatedFusion(D, cfg.num_pooled, cfg.heads, cfg.dropout, cfg.use_gate,
+                                        cfg.gate_hidden or None)
         self.auxiliary_head = AuxiliaryHead(D, dropout=cfg.aux_dropout)
         self.text_decoder = TextDecoder(TextDecoderConfig(**dict(cfg.decoder)), D)
         self.num_conditions = len(self.condition_queries.names)

@@ -7,8 +7,9 @@
     visual_tokens = [cls_gated ; pooled]            (B, 11, D)
 
 Design choices:
-- Gate MLP: 2D -> D -> 1 with GELU (the seed says "MLP" without widths). Its last bias starts at 0, so
-  the gate starts near 0.5 (an even mix).
+- Gate MLP: 2D -> gate_hidden -> 1 with GELU (the seed says "MLP" without widths; default hidden D/4,
+  which keeps the module near the seed's ~2M at D = 768: the pooling attention alone is 2.36M). Its last
+  layer starts at 0, so the gate starts at exactly 0.5 (an even mix).
 - `use_gate=False` is the ablation "without gated fusion": cls and queries pass unscaled.
 
 Shape letters: B batch, N attended queries (20), K pooled tokens (10), D width.
@@ -18,10 +19,11 @@ from torch import nn
 
 
 class GatedFusion(nn.Module):
-    def __init__(self, width, num_pooled=10, heads=8, dropout=0.1, use_gate=True):
+    def __init__(self, width, num_pooled=10, heads=8, dropout=0.1, use_gate=True, gate_hidden=None):
         super().__init__()
         self.use_gate = use_gate
-        self.gate_mlp = nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
+        gate_hidden = gate_hidden or width // 4
+        self.gate_mlp = nn.Sequential(nn.Linear(2 * width, gate_hidden), nn.GELU(), nn.Linear(gate_hidden, 1))
         nn.init.zeros_(self.gate_mlp[-1].weight)
         nn.init.zeros_(self.gate_mlp[-1].bias)
         self.pool_queries = nn.Parameter(torch.empty(num_pooled, width))  # (K, D)

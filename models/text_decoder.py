@@ -57,7 +57,14 @@ def build_t5(cfg):
     arch = dict(cfg.architecture) or {"vocab_size": 640, "d_model": 128, "d_kv": 32, "d_ff": 256, "num_layers": 2,
                                       "num_heads": 4, "feed_forward_proj": "gated-gelu",
                                       "decoder_start_token_id": 0, "tie_word_embeddings": True}
-    return T5ForConditionalGeneration(T5Config(**arch))
+    tie = arch.pop("tie_word_embeddings", True)
+    config = T5Config(**arch)
+    config.tie_word_embeddings = tie  # set after construction: this transformers version ignores the keyword
+    model = T5ForConditionalGeneration(config)
+    # the published layout: one shared input embedding for encoder and decoder (lm_head separate iff untied)
+    model.encoder.embed_tokens.weight = model.shared.weight
+    model.decoder.embed_tokens.weight = model.shared.weight
+    return model
 
 
 def load_tokenizer(cfg):
