@@ -227,7 +227,7 @@ def report_for_images(model, tokenizer, cfg, device, ctx, path, out_dir):
     transform = build_transform(False, cfg.data.image_size)
     rows = []
     for file in tqdm(user_images(path), desc="generate", leave=False):
-        image, _, _ = transform(load_image(file, str(file)), np.zeros((0, 4), np.float32), np.zeros((0, 1, 1), bool))
+        image, _, _ = transform(load_image(file, str(file)))                    # (3, H, W) normalized
         reports, _ = generate_reports(model, image[None], tokenizer, cfg, device, ctx)
         rows.append({"image": str(file), "report": reports[0]})
         print(f"{file}: {reports[0]}")

@@ -156,3 +156,22 @@ def test_generation_follows_config(tmp_path):
     assert tokens.shape[0] == 2 and 3 <= tokens.shape[1] <= 10  # report tokens only, prompt not counted
     assert T.generation_settings(cfg)["num_beams"] == 2
     assert out["attention"].shape == (2, 2, 20, 36)
+
+
+def test_images_writes_a_report_per_image(tmp_path):
+    import argparse
+    from data.io import image_uint8, save_image
+    from data.phantom import phantom_split
+    T.main(["--phase", "1", "--out", str(tmp_path / "run"), "train.stop_after_steps=1"] + SMALL)
+    folder = tmp_path / "xrays"
+    for i in range(2):
+        save_image(image_uint8(phantom_split("test", 2, 128)[i]["image"]), folder / f"cxr{i}.png")  # other size: resized
+    checkpoint = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    args = argparse.Namespace(checkpoint="x", split="test", bootstrap=0, visualize=0, images=str(folder),
+                              out_dir=str(tmp_path), device="cpu")
+    assert T.evaluate_checkpoint(checkpoint, args) == {"images/count": 2.0}
+    rows = [json.loads(l) for l in (tmp_path / "generated_reports.jsonl").read_text().splitlines()]
+    assert [r["image"].split("/")[-1] for r in rows] == ["cxr0.png", "cxr1.png"] and all(isinstance(r["report"], str) for r in rows)
+    args.images = str(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="--images .*nowhere: no such file or folder"):
+        T.evaluate_checkpoint(checkpoint, args)
