@@ -1,0 +1,170 @@
+"""Patch-IB-CXR (seed 004): global CLIP alignment, local word-to-patch alignment, a patch information
+bottleneck, and soft top-K / hard token dropping, as models A-E of the seed's ablation table.
+
+    variant  global CLIP  local align  Patch-IB  top-K/dropping      (VARIANTS below: the switch sets)
+    A        yes          -            -         -
+    B        yes          yes          -         -
+    C        yes          yes          yes       -
+    D        yes          yes          yes       soft top-K
+    E        yes          yes          yes       hard token drop
+
+Design choices:
+- Global heads (seed "Global Projection Heads"): image_embed = norm(Linear(mean_p v_p)) (the seed's "pooled
+  ViT patch features"), text_embed = norm(Linear(CLS)), both to d = model.embed_dim (512 at paper scale),
+  learnable logit_scale = log(1/0.07), clamped to [0, ln 100] after each step (open_clip).
+- Spatial mask head (seed "Spatial Mask Head"): z = sigmoid(w_z^T v + b_z) over the final patch tokens,
+  b_z initialized to model.mask_bias_init (> 0: training starts near "keep all", as IBA's alpha = 5).
+- Masked embedding: built from PATCH tokens, never from a CLS that has seen the full image
+  (research §7 pitfall). C: soft pooling sum_p z_p v_p / sum_p z_p. D: soft top-K weights m_p (relaxed
+  subset selection, Xie & Ermon 2019: K rounds of softmax(s / tau), s <- s + log(1 - p); sum_p m_p = K)
+  times z. E: the top-K patches by z are GATHERED before the encoder blocks and the tower runs again on
+  them only (masking inside the encoder), so the masked embedding cannot depend on a dropped patch; the
+  mask head gets its gradient straight-through (kept tokens x z / sg(z), exactly 1 in the forward pass).
+  C and D pool the full-pass tokens, which attended to every patch: they restrict what the pooled vector
+  is made of, not what the tokens saw (said in docs/patch_ib.md).
+- Local head (seed "Local Alignment Head"): words w = norm(Linear(text tokens)), patches
+  norm(Linear(v)); text tokens are the queries, patches the keys/values; padding/CLS/SEP never query.
+- Retrieval score: the global cosine.
+
+Shape letters: B batch, P patches (grid h x w), K kept patches, L text tokens, Dv / Dt tower widths, E embed.
+"""
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.patch_ib_towers import build_towers, gather_tokens
+
+VARIANTS = {  # model.variant -> switches
+    "A": dict(local=False, patch_ib=False, selection="none"),
+    "B": dict(local=True, patch_ib=False, selection="none"),
+    "C": dict(local=True, patch_ib=True, selection="none"),
+    "D": dict(local=True, patch_ib=True, selection="soft_topk"),
+    "E": dict(local=True, patch_ib=True, selection="token_drop"),
+}
+
+
+@dataclass
+class PatchIBConfig:
+    variant: str = "C"                  # A | B | C | D | E (VARIANTS)
+    tower: str = "tiny"                 # tiny | biomedclip
+    image_tower: str = "tiny-hub/siglip"
+    text_tower: str = "tiny-hub/bert-mlm"
+    image_size: int = 96
+    max_text_length: int = 64           # tokens (BiomedCLIP context_length 256)
+    embed_dim: int = 64                 # d of the global heads (seed: 512)
+    local_dim: int = 64                 # E of the local head
+    tau_local: float = 0.1              # MGCA tau2
+    init_temperature: float = 0.07      # logit_scale = log(1 / T)
+    mask_bias_init: float = 2.0         # b_z at init (sigmoid(2) = 0.88)
+    keep_ratio: float = 0.5             # D/E: K = round(keep_ratio * P)
+    topk_tau: float = 0.5               # D: relaxed top-K temperature
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"model: unknown keys {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+
+def soft_topk(scores, k, tau):
+    """scores (B, P), k int -> soft k-hot (B, P), each row sums to k (relaxed subset selection; an entry
+    may exceed 1 a little at high tau, since log(1 - p) only damps an already chosen patch)."""
+    mask = torch.zeros_like(scores)                                                # (B, P)
+    s = scores
+    for _ in range(k):
+        p = torch.softmax(s / tau, dim=-1)                                         # (B, P)
+        mask = mask + p
+        s = s + torch.log((1 - p).clamp_min(1e-9))
+    return mask
+
+
+class PatchIB(nn.Module):
+    def __init__(self, cfg: PatchIBConfig):
+        super().__init__()
+        if cfg.variant not in VARIANTS:
+            raise ValueError(f"model.variant must be one of {sorted(VARIANTS)}, got {cfg.variant!r}")
+        self.cfg, self.switches = cfg, VARIANTS[cfg.variant]
+        self.image_tower, self.text_tower = build_towers(cfg.tower, cfg.image_tower, cfg.text_tower,
+                                                         cfg.image_size, cfg.max_text_length)
+        dv, dt = self.image_tower.width, self.text_tower.width
+        self.grid = self.image_tower.grid
+        self.num_patches = self.grid * self.grid
+        self.num_keep = max(1, round(cfg.keep_ratio * self.num_patches))
+        self.image_proj = nn.Linear(dv, cfg.embed_dim)
+        self.text_proj = nn.Linear(dt, cfg.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
+        if self.switches["local"]:
+            self.word_proj = nn.Linear(dt, cfg.local_dim)
+            self.patch_proj = nn.Linear(dv, cfg.local_dim)
+        if self.switches["patch_ib"]:
+            self.mask_head = nn.Linear(dv, 1)
+            nn.init.constant_(self.mask_head.bias, cfg.mask_bias_init)
+
+    def no_weight_decay(self):
+        return ["logit_scale"]
+
+    def clamp_logit_scale(self):
+        with torch.no_grad():
+            self.logit_scale.clamp_(0, math.log(100))
+
+    def tokenize(self, texts):
+        return self.text_tower.tokenize(texts)
+
+    # ---- towers + heads
+    def encode_text(self, input_ids, attention_mask):
+        tokens, cls = self.text_tower(input_ids, attention_mask)                   # (B, L, Dt), (B, Dt)
+        return tokens, F.normalize(self.text_proj(cls), dim=-1)                    # (B, E)
+
+    def encode_image(self, images):
+        v = self.image_tower(images)                                               # (B, P, Dv)
+        return v, F.normalize(self.image_proj(v.mean(1)), dim=-1)                  # (B, E)
+
+    def patch_mask(self, v):
+        """v (B, P, Dv) -> z (B, P) in (0, 1)"""
+        return torch.sigmoid(self.mask_head(v).squeeze(-1))                        # (B, P)
+
+    def keep_index(self, z):
+        """z (B, P) -> indices of the top-K patches (B, K), sorted by position"""
+        return z.topk(self.num_keep, dim=1).indices.sort(dim=1).values             # (B, K)
+
+    def masked_embed(self, images, v, z):
+        """-> (masked image embedding (B, E), patch weights actually used (B, P))"""
+        selection = self.switches["selection"]
+        if selection == "token_drop":
+            index = self.keep_index(z)                                             # (B, K)
+            kept = self.image_tower(images, keep_index=index)                      # (B, K, Dv) inside the encoder
+            z_kept = torch.gather(z, 1, index)                                     # (B, K)
+            kept = kept * (z_kept / z_kept.detach()).unsqueeze(-1)                 # straight-through, value 1
+            weights = torch.zeros_like(z).scatter(1, index, 1.0)                   # (B, P) hard k-hot
+            return F.normalize(self.image_proj(kept.mean(1)), dim=-1), weights
+        if selection == "soft_topk":
+            m = soft_topk(torch.logit(z.clamp(1e-6, 1 - 1e-6)), self.num_keep, self.cfg.topk_tau)   # (B, P)
+            weights = m * z                                                        # (B, P)
+        else:
+            weights = z                                                            # (B, P)
+        pooled = (weights.unsqueeze(-1) * v).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-6)  # (B, Dv)
+        return F.normalize(self.image_proj(pooled), dim=-1), weights
+
+    def forward(self, images, input_ids, attention_mask, word_mask, use_local=True, use_ib=True):
+        """images (B, 3, H, W); input_ids, attention_mask, word_mask (B, L) -> dict of outputs.
+        use_local / use_ib: the training phase may switch parts of the variant off (staged training)."""
+        v, image_embed = self.encode_image(images)                                 # (B, P, Dv), (B, E)
+        tokens, text_embed = self.encode_text(input_ids, attention_mask)           # (B, L, Dt), (B, E)
+        out = {"image_embed": image_embed, "text_embed": text_embed, "logit_scale": self.logit_scale.exp(),
+               "patch_tokens": v}
+        if self.switches["local"] and use_local:
+            words = F.normalize(self.word_proj(tokens), dim=-1)                    # (B, L, E')
+            patches = F.normalize(self.patch_proj(v), dim=-1)                      # (B, P, E')
+            attention = torch.softmax(words @ patches.transpose(1, 2) / self.cfg.tau_local, dim=-1)  # (B, L, P)
+            out.update(words=words, summaries=attention @ patches, attention=attention,   # (B, L, E')
+                       word_mask=word_mask.bool(), tau_local=self.cfg.tau_local)
+        if self.switches["patch_ib"] and use_ib:
+            z = self.patch_mask(v)                                                 # (B, P)
+            masked, weights = self.masked_embed(images, v, z)                      # (B, E), (B, P)
+            out.update(z=z, masked_embed=masked, patch_weights=weights)
+        return out

@@ -1,0 +1,149 @@
+"""Image and text towers of Patch-IB-CXR (seed 004 "Core Architecture"), one interface at both scales.
+
+    ImageTower.forward(images (B, 3, H, W) in [0, 1], keep_index=None) -> patch tokens (B, P, Dv)
+        keep_index (B, K): run the transformer blocks on those patch tokens ONLY (EViT/EG-ViT gather inside
+        the encoder), so the result (B, K, Dv) cannot depend on the dropped patches (Model E).
+    TextTower.tokenize(list[str]) -> (input_ids (B, L), attention_mask (B, L), word_mask (B, L))
+    TextTower.forward(input_ids, attention_mask) -> (tokens (B, L, Dt), cls (B, Dt))
+
+Scales:
+- paper (`model.tower: biomedclip`): BiomedCLIP (ViT-B/16 + PubMedBERT) through open_clip, an OPTIONAL
+  dependency (`pip install open_clip_torch`), imported only here and only when asked. Patch tokens are the
+  196 final-LayerNorm tokens of `visual.trunk` (index 0 = CLS is left out); text tokens are
+  `text.transformer(...).last_hidden_state`, CLS at position 0 (research/contrastive_vl.md §3).
+- tiny (`model.tower: tiny`): the vision tower of "tiny-hub/siglip" (a 2-layer ViT, 16-px patches, no CLS
+  token; other image sizes through interpolate_pos_encoding) and "tiny-hub/bert-mlm" (a 2-layer BERT, CLS
+  pooling like PubMedBERT), both loaded only through models.pretrained.load_hf.
+- Images arrive in [0, 1]; each tower applies its own normalization (SigLIP (x - 0.5) / 0.5, BiomedCLIP the
+  OpenAI CLIP mean/std).
+- word_mask marks the real word pieces (not CLS/SEP/padding): the queries of the local alignment head.
+
+Shape letters: B batch, P patches, K kept patches, L text tokens, Dv / Dt tower widths.
+"""
+import torch
+from torch import nn
+
+BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def gather_tokens(tokens, keep_index):
+    """tokens (B, P, D), keep_index (B, K) -> (B, K, D)"""
+    return torch.gather(tokens, 1, keep_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+class TinyImageTower(nn.Module):
+    """tiny-hub/siglip's vision transformer, patch tokens after post_layernorm (no pooling head)."""
+
+    def __init__(self, name, image_size):
+        super().__init__()
+        from transformers import SiglipModel
+        from models.pretrained import load_hf
+        siglip = load_hf(SiglipModel, name, system="patch_ib")
+        self.vit = siglip.vision_model
+        self.vit.head = None                      # the MAP pooling head is not used (patch tokens are)
+        self.width = self.vit.config.hidden_size
+        self.patch_size = self.vit.config.patch_size
+        self.grid = image_size // self.patch_size
+        self.interpolate = image_size != self.vit.config.image_size
+
+    def forward(self, images, keep_index=None):
+        x = self.vit.embeddings((images - 0.5) / 0.5, interpolate_pos_encoding=self.interpolate)  # (B, P, Dv)
+        if keep_index is not None:
+            x = gather_tokens(x, keep_index)                                       # (B, K, Dv)
+        for layer in self.vit.encoder.layers:
+            x = layer(x, None)                                                     # (B, P or K, Dv)
+        return self.vit.post_layernorm(x)                                          # (B, P or K, Dv)
+
+
+class TinyTextTower(nn.Module):
+    """tiny-hub/bert-mlm's BERT encoder; tokens of the last layer, CLS = position 0."""
+
+    def __init__(self, name, max_length):
+        super().__init__()
+        from transformers import AutoTokenizer, BertModel
+        from models.pretrained import load_hf
+        self.bert = load_hf(BertModel, name, system="patch_ib", add_pooling_layer=False)
+        self.tokenizer = load_hf(AutoTokenizer, name, system="patch_ib")
+        self.width = self.bert.config.hidden_size
+        self.max_length = max_length
+
+    def tokenize(self, texts):
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_special_tokens_mask=True, return_tensors="pt")
+        word_mask = enc["attention_mask"].bool() & ~enc["special_tokens_mask"].bool()   # (B, L)
+        return enc["input_ids"], enc["attention_mask"], word_mask
+
+    def forward(self, input_ids, attention_mask):
+        tokens = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, Dt)
+        return tokens, tokens[:, 0]
+
+
+def import_open_clip():
+    try:
+        import open_clip
+    except ImportError:
+        raise ImportError("model.tower=biomedclip needs the optional package open_clip_torch "
+                          "(pip install open_clip_torch==2.23.0, as the BiomedCLIP model card pins); "
+                          "or run the tiny config configs/tiny/patch_ib.yaml") from None
+    return open_clip
+
+
+class BiomedClipTowers:
+    """Loads BiomedCLIP once and hands out its two towers."""
+
+    def __init__(self, name=BIOMEDCLIP):
+        open_clip = import_open_clip()
+        self.model, _ = open_clip.create_model_from_pretrained(name)
+        self.tokenizer = open_clip.get_tokenizer(name)
+
+
+class BiomedClipImageTower(nn.Module):
+    def __init__(self, towers):
+        super().__init__()
+        self.trunk = towers.model.visual.trunk
+        self.width = self.trunk.embed_dim
+        self.grid = self.trunk.patch_embed.grid_size[0]
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images, keep_index=None):
+        x = self.trunk.patch_embed((images - self.mean) / self.std)                 # (B, P, Dv)
+        x = self.trunk._pos_embed(x)                                                # (B, 1 + P, Dv) CLS first
+        if keep_index is not None:
+            x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], keep_index)], dim=1)  # (B, 1 + K, Dv)
+        x = self.trunk.blocks(self.trunk.norm_pre(x))                               # (B, 1 + P or K, Dv)
+        return self.trunk.norm(x)[:, 1:]                                            # (B, P or K, Dv)
+
+
+class BiomedClipTextTower(nn.Module):
+    def __init__(self, towers, max_length):
+        super().__init__()
+        self.transformer = towers.model.text.transformer
+        self.tokenizer = towers.tokenizer
+        self.width = self.transformer.config.hidden_size
+        self.max_length = max_length
+        hf = self.tokenizer.tokenizer
+        self.special_ids = torch.tensor(sorted(set(hf.all_special_ids)))
+
+    def tokenize(self, texts):
+        input_ids = self.tokenizer(list(texts), context_length=self.max_length)    # (B, L)
+        attention_mask = (input_ids != self.tokenizer.tokenizer.pad_token_id).long()
+        word_mask = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
+        return input_ids, attention_mask, word_mask
+
+    def forward(self, input_ids, attention_mask):
+        tokens = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return tokens, tokens[:, 0]                                                 # (B, L, Dt), (B, Dt)
+
+
+def build_towers(tower, image_name, text_name, image_size, max_length):
+    """-> (image tower, text tower) for model.tower = tiny | biomedclip."""
+    if tower == "tiny":
+        return TinyImageTower(image_name, image_size), TinyTextTower(text_name, max_length)
+    if tower == "biomedclip":
+        towers = BiomedClipTowers(image_name)
+        if image_size != 224:
+            raise ValueError(f"model.tower=biomedclip takes 224-px images, got data.image_size={image_size}")
+        return BiomedClipImageTower(towers), BiomedClipTextTower(towers, max_length)
+    raise ValueError(f"model.tower must be tiny or biomedclip, got {tower!r}")
