@@ -175,3 +175,22 @@ def test_images_writes_a_report_per_image(tmp_path):
     args.images = str(tmp_path / "nowhere")
     with pytest.raises(DataError, match="--images .*nowhere: no such file or folder"):
         T.evaluate_checkpoint(checkpoint, args)
+
+
+def test_evaluate_checkpoint_with_metrics(tmp_path):
+    """Needs metrics/ (metrics helper). Keys of the contract, template baselines, aux AUROC, attention PNGs."""
+    pytest.importorskip("metrics.text")
+    pytest.importorskip("metrics.clinical")
+    pytest.importorskip("metrics.visualize")
+    import argparse
+    T.main(["--phase", "1", "--out", str(tmp_path / "run"), "train.stop_after_steps=1"] + SMALL)
+    checkpoint = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    args = argparse.Namespace(checkpoint="x", split="test", bootstrap=0, visualize=2, images=None,
+                              out_dir=str(tmp_path), device="cpu")
+    metrics = T.evaluate_checkpoint(checkpoint, args)
+    for key in ("bleu4", "clinical/micro_f1", "aux/auroc/macro"):
+        assert key in metrics, sorted(metrics)
+    assert any(k.startswith("template_frequent/") for k in metrics)
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert len(list(tmp_path.glob("cross_attention_*.png"))) == 2
+    assert len((tmp_path / "reports_test.jsonl").read_text().splitlines()) == 8
