@@ -1,0 +1,217 @@
+"""Patch-IB-CXR training (seed 004): image-report retrieval with global, local and patch-bottleneck alignment.
+
+Commands (repository root):
+    python train_patch_ib.py --out runs/patch_ib/tiny                      # tiny CPU default (variant C)
+    python train_patch_ib.py model.variant=E --out runs/patch_ib/E         # models A-E of the seed's table
+    python train_patch_ib.py --resume runs/patch_ib/tiny/last.pt --out runs/patch_ib/tiny
+    python train_patch_ib.py --config configs/patch_ib.yaml                # paper scale (BiomedCLIP, open_clip)
+    python -m data.mimic_master --root /data/mimic-cxr-jpg                 # build the master JSONL first
+
+Staged training (seed 004 "Model Architecture & Progression"): the configured `phases` run one after the
+other (global -> local -> bottleneck); each phase calls set_trainable (printed table), rebuilds the optimizer
+and switches the local / bottleneck parts on. Loss = L_NCE-full + loss.local * L_local + loss.sparse *
+L_sparse + loss.cons * L_cons + loss.nce_mask * L_NCE-mask (models/patch_ib_losses.py). Validation:
+in-batch-free global InfoNCE loss over the val set; best.pt = lowest. Writes config.yaml, log.jsonl,
+last.pt, best.pt, metrics.json.
+"""
+# ----------------------------------------------------------------------------------------------------------
+# imports
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import training
+from data.loader import batches_per_epoch, epoch_loader
+from models.patch_ib import PatchIB, PatchIBConfig
+from models.patch_ib_losses import info_nce, patch_ib_losses
+
+SYSTEM = "patch_ib"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+def build_dataset(cfg, split):
+    d = cfg.data
+    if d.source == "phantom":
+        from data.phantom import phantom_split
+        n = {"train": d.num_train, "val": d.num_val, "test": d.num_test}[split]
+        return phantom_split(split, n, d.image_size)
+    if d.source == "mimic_master":
+        from data.mimic_cxr import MimicMasterDataset
+        from data.transforms import eval_transform
+        if not d.master_jsonl or not d.image_root:
+            raise training.ConfigError("data.source=mimic_master needs data.master_jsonl and data.image_root")
+        return MimicMasterDataset(d.master_jsonl, d.image_root, split, transform=eval_transform(d.image_size))
+    raise training.ConfigError(f"data.source must be phantom or mimic_master, got {d.source!r}")
+
+
+def build_model(cfg):
+    return PatchIB(PatchIBConfig.from_dict(dict(cfg.model)))
+
+
+def run_model(model, batch, device, use_local=True, use_ib=True):
+    ids, attention_mask, word_mask = model.tokenize(batch["report"])
+    return model(batch["image"].to(device), ids.to(device), attention_mask.to(device), word_mask.to(device),
+                 use_local=use_local, use_ib=use_ib)
+
+
+@torch.no_grad()
+def embed_dataset(model, dataset, cfg, device, ctx):
+    """-> image embeddings (N, E), text embeddings (N, E), mask z (N, P) or None, reports, samples' labels"""
+    model.eval()
+    images, texts, masks, reports, labels = [], [], [], [], []
+    for batch in epoch_loader(dataset, cfg.train.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False,
+                              num_workers=cfg.data.num_workers):
+        with ctx:
+            out = run_model(model, batch, device, use_local=False, use_ib=True)
+        images.append(out["image_embed"].float().cpu())
+        texts.append(out["text_embed"].float().cpu())
+        if "z" in out:
+            masks.append(out["z"].float().cpu())
+        reports += list(batch["report"])
+        labels.append(torch.as_tensor(batch["labels"]))
+    return (torch.cat(images), torch.cat(texts), torch.cat(masks) if masks else None, reports, torch.cat(labels))
+
+
+def validation_loss(model, dataset, cfg, device, ctx):
+    image, text, _, _, _ = embed_dataset(model, dataset, cfg, device, ctx)
+    return float(info_nce(image, text, model.logit_scale.exp().detach().cpu()))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one run
+
+def train(cfg, out_dir, resume=None):
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    training.save_config(cfg, out_dir)
+
+    # device, seed, AMP
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device, ctx, scaler, _ = training.setup_device(cfg.train.device, cfg.train.dtype)
+    training.seed_everything(cfg.train.seed)
+
+    # data
+    train_set, val_set = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    steps_per_epoch = batches_per_epoch(train_set, cfg.train.batch_size)
+    print(f"data: {len(train_set)} train / {len(val_set)} val image-report pairs")
+
+    # model
+    model = build_model(cfg).to(device)
+    names = [n for n, _ in model.named_parameters()]
+    phase_ends = []
+    phases = [training.Config(name=name, **spec) for name, spec in cfg.phases.items()]
+    for phase in phases:
+        phase_ends.append((phase_ends[-1] if phase_ends else 0) + phase.steps)
+    total_steps = phase_ends[-1]
+
+    # resume
+    step, best_metric, resume_ckpt = 0, float("inf"), None
+    if resume:
+        resume_ckpt = training.load_checkpoint(resume, model, restore_rng=False)
+        step, best_metric = resume_ckpt["step"], resume_ckpt["best_metric"]
+        print(f"resumed from {resume} at step {step} (phase {resume_ckpt['phase']})")
+    logger = training.RunLogger(out_dir)
+    stop_at = min(total_steps, cfg.train.stop_after_steps or total_steps)
+    progress = tqdm(total=stop_at, initial=step, desc=SYSTEM, dynamic_ncols=True, leave=False)
+
+    for index, phase in enumerate(phases):
+        start = phase_ends[index] - phase.steps
+        if step >= phase_ends[index]:
+            continue
+        # phase freezing (seed 004 staged training) + optimizer after freezing
+        import fnmatch
+        patterns = [p for p in phase.trainable if any(fnmatch.fnmatchcase(n, p) for n in names)]
+        print(f"phase {phase.name}: steps {start}-{phase_ends[index]}, use_local={phase.use_local}, "
+              f"use_ib={phase.use_ib}, trainable {patterns}")
+        trainable = training.set_trainable(model, patterns)
+        optimizer = training.build_optimizer(model, phase.lr, cfg.train.weight_decay,
+                                             no_weight_decay=model.no_weight_decay())
+        if resume_ckpt is not None:     # exact resume: RNG always, optimizer state within the same phase
+            if resume_ckpt["phase"] == phase.name and resume_ckpt.get("optimizer"):
+                optimizer.load_state_dict(resume_ckpt["optimizer"])
+            training.set_rng_state(resume_ckpt["rng"])
+            resume_ckpt = None
+
+        def save(name):
+            training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, step // steps_per_epoch,
+                                     phase.name, best_metric, cfg)
+
+        while step < min(phase_ends[index], stop_at):
+            epoch, start_batch = divmod(step, steps_per_epoch)
+            for batch in epoch_loader(train_set, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch,
+                                      num_workers=cfg.data.num_workers):
+                t0 = time.time()
+                model.train()
+                lr = training.get_lr(step - start, phase.lr, cfg.train.warmup_steps, phase.steps, cfg.train.min_lr)
+                training.set_lr(optimizer, lr)
+                with ctx:
+                    out = run_model(model, batch, device, phase.use_local, phase.use_ib)
+                    terms = patch_ib_losses(out, dict(cfg.loss))
+                training.check_finite(terms, step)
+                scaler.scale(terms["loss"]).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                model.clamp_logit_scale()
+                step += 1
+                progress.update(1)
+                if step % cfg.train.log_interval == 0 or step == 1:
+                    extra = {"mask_mean": float(out["z"].detach().mean())} if "z" in out else {}
+                    logger.log(step=step, phase=phase.name, **{k: float(v.detach()) for k, v in terms.items()},
+                               **extra, logit_scale=float(out["logit_scale"].detach()), lr=lr, grad_norm=float(grad_norm),
+                               s_per_step=time.time() - t0)
+                if step % cfg.train.eval_interval == 0 or step == total_steps:
+                    val = validation_loss(model, val_set, cfg, device, ctx)
+                    logger.log(step=step, **{"val/nce_full": val})
+                    if val < best_metric:
+                        best_metric = val
+                        save("best.pt")
+                    save("last.pt")
+                if step >= min(phase_ends[index], stop_at):
+                    break
+        if step % cfg.train.eval_interval and step != total_steps:
+            save("last.pt")
+        if step >= stop_at:
+            break
+    progress.close()
+
+    # cleanup: final test evaluation (needs metrics/ through evaluate_checkpoint)
+    if step < total_steps:
+        return {}
+    try:
+        from models.patch_ib_eval import evaluate_checkpoint as evaluate
+    except ImportError as error:
+        print(f"final test evaluation skipped: {error}")
+        return {}
+    figures = out_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    args = argparse.Namespace(checkpoint=str(out_dir / "best.pt"), split="test", bootstrap=0,
+                              visualize=cfg.eval.visualize, images=None, out_dir=str(figures), device=cfg.train.device)
+    metrics = evaluate(torch.load(out_dir / "best.pt", map_location="cpu", weights_only=False), args)
+    training.atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------
+# main
+
+def main(argv=None):
+    parser = training.base_argparser(SYSTEM, __doc__)
+    args = parser.parse_args(argv)
+    cfg = training.load_config(args.config, args.overrides)
+    if cfg.get("system") != SYSTEM:
+        raise training.ConfigError(f"{args.config}: system is {cfg.get('system')!r}, expected {SYSTEM!r}")
+    return train(cfg, training.make_out_dir(args.out, SYSTEM, "train"), args.resume)
+
+
+if __name__ == "__main__":
+    main()
