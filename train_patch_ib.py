@@ -43,10 +43,11 @@ def build_dataset(cfg, split):
         return phantom_split(split, n, d.image_size)
     if d.source == "mimic_master":
         from data.mimic_cxr import MimicMasterDataset
-        from data.transforms import eval_transform
+        from data.transforms import build_transform
         if not d.master_jsonl or not d.image_root:
             raise training.ConfigError("data.source=mimic_master needs data.master_jsonl and data.image_root")
-        return MimicMasterDataset(d.master_jsonl, d.image_root, split, transform=eval_transform(d.image_size))
+        return MimicMasterDataset(d.master_jsonl, d.image_root, split, 
+                                  transform=build_transform(split == "train", d.image_size, mean=(0, 0, 0), std=(1, 1, 1)))
     raise training.ConfigError(f"data.source must be phantom or mimic_master, got {d.source!r}")
 
 

@@ -31,3 +31,23 @@ def test_builder_on_phantom_mimic_layout(tmp_path, capsys):
     # the reader takes it back
     data = MimicMasterDataset(result["path"], tmp_path, split="all")
     assert len(data) == 9 and np.asarray(data[0]["image"]).shape[0] == 3
+
+
+def test_train_script_reads_master_jsonl_and_paper_config_names_open_clip(tmp_path):
+    import pytest
+    import training
+    import train_patch_ib
+    from data.mimic_cxr import write_master_jsonl
+    written = write_master_jsonl(tmp_path, [phantom_split("train", 5, 64)[i] for i in range(5)])
+    cfg = training.load_config("configs/tiny/patch_ib.yaml", ["data.source=mimic_master",
+                                                              f"data.master_jsonl={written['path']}",
+                                                              f"data.image_root={tmp_path}"])
+    data = train_patch_ib.build_dataset(cfg, "train")
+    assert len(data) == 3 and data[0]["image"].shape == (3, 96, 96) and 0 <= float(data[0]["image"].min())
+    paper = training.load_config("configs/patch_ib.yaml")
+    assert paper.model.embed_dim == 512 and paper.train.batch_size == 64
+    try:
+        import open_clip  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="open_clip_torch"):
+            train_patch_ib.build_model(paper)
