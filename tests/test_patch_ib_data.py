@@ -43,7 +43,7 @@ def test_train_script_reads_master_jsonl_and_paper_config_names_open_clip(tmp_pa
                                                               f"data.master_jsonl={written['path']}",
                                                               f"data.image_root={tmp_path}"])
     data = train_patch_ib.build_dataset(cfg, "train")
-    assert len(data) == 3 and data[0]["image"].shape == (3, 96, 96) and 0 <= float(data[0]["image"].min())
+    assert len(data) == 5 and data[0]["image"].shape == (3, 96, 96) and 0 <= float(data[0]["image"].min())
     paper = training.load_config("configs/patch_ib.yaml")
     assert paper.model.embed_dim == 512 and paper.train.batch_size == 64
     try:
