@@ -1,0 +1,150 @@
+"""Evaluate any checkpoint of the five systems: one entry point, the system is read from the checkpoint.
+
+    python evaluate.py --checkpoint runs/wsrpn_vl/<run>/best.pt --split test --bootstrap 250 --visualize 8
+    python evaluate.py runs/chexquery/<run>/best.pt --images my_xrays/ --device cpu     # positional works too
+
+What it does: loads the checkpoint (training.load_checkpoint, no RNG restore), reads
+checkpoint["config"]["system"] (wsrpn_vl | chexquery | concept_cam | video_clip | patch_ib), imports
+train_<system>.py and calls its `evaluate_checkpoint(checkpoint, args)`. args carries .checkpoint (str),
+.split, .bootstrap (0 = off), .visualize (N PNGs), .images (path or None), .out_dir, .device. The system
+returns a flat dict of floats; this script prints it as a table and writes it atomically as JSON beside
+the checkpoint:
+- metrics.json for --split test (the file the train scripts write at the end of training; re-running
+  evaluate.py on best.pt reproduces it), metrics_<split>.json for another split, metrics_images.json with
+  --images; --output PATH overrides.
+- PNGs and per-image outputs (--visualize, --images) go to RUN/vis/ (created; --out-dir overrides).
+Errors are one line each: missing file, checkpoint without config / system, unknown system, a system
+without evaluate_checkpoint, or a non-numeric metric value.
+"""
+import argparse
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+class EvaluationError(RuntimeError):
+    """One clear, user-facing problem with the checkpoint or the system's evaluation."""
+
+
+def known_systems():
+    return sorted(p.stem[len("train_"):] for p in ROOT.glob("train_*.py"))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint_path", nargs="?", help="checkpoint (.pt); same as --checkpoint")
+    parser.add_argument("--checkpoint", help="checkpoint (.pt) written by a train_<system>.py")
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples over images (0 = off)")
+    parser.add_argument("--visualize", type=int, default=0, help="number of PNG figures to write")
+    parser.add_argument("--images", default=None, help="a file or folder of user images to run inference on")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+    parser.add_argument("--out-dir", dest="out_dir", default=None, help="folder for PNGs (default RUN/vis)")
+    parser.add_argument("--output", default=None, help="metrics JSON path (default beside the checkpoint)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.checkpoint and args.checkpoint_path and args.checkpoint != args.checkpoint_path:
+        parser.error(f"two different checkpoints given: {args.checkpoint_path} and --checkpoint {args.checkpoint}")
+    args.checkpoint = args.checkpoint or args.checkpoint_path
+    if not args.checkpoint:
+        parser.error("give a checkpoint: python evaluate.py --checkpoint RUN/best.pt")
+    if args.bootstrap < 0 or args.visualize < 0:
+        parser.error("--bootstrap and --visualize must be >= 0")
+    return args
+
+
+def load(path):
+    """checkpoint path -> (checkpoint dict, system name)."""
+    import training
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = training.load_checkpoint(path, restore_rng=False)
+    except Exception as error:                                   # not a torch file, truncated, ...
+        raise EvaluationError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
+        raise EvaluationError(f"{path}: no 'config' dict inside; expected a checkpoint written by "
+                              "training.save_checkpoint (keys model, config, step, ...)")
+    system = checkpoint["config"].get("system")
+    if not system:
+        raise EvaluationError(f"{path}: config has no 'system' key; expected one of {', '.join(known_systems())}")
+    return checkpoint, str(system)
+
+
+def system_module(system):
+    try:
+        module = importlib.import_module(f"train_{system}")
+    except ModuleNotFoundError as error:
+        if error.name != f"train_{system}":
+            raise                                                # the system exists but misses a package
+        raise EvaluationError(f"unknown system {system!r} in the checkpoint's config; this repository has "
+                              f"{', '.join(known_systems())} (train_<system>.py at the root)") from None
+    if not callable(getattr(module, "evaluate_checkpoint", None)):
+        raise EvaluationError(f"train_{system}.py has no evaluate_checkpoint(checkpoint, args) function")
+    return module
+
+
+def check_metrics(metrics, system):
+    if not isinstance(metrics, dict):
+        raise EvaluationError(f"train_{system}.evaluate_checkpoint returned {type(metrics).__name__}, expected a dict")
+    clean = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or (not isinstance(value, (int, float)) and not hasattr(value, "__float__")):
+            raise EvaluationError(f"train_{system}.evaluate_checkpoint: metric {key!r} = {value!r} is not a number")
+        clean[str(key)] = float(value)
+    return clean
+
+
+def format_table(metrics, title):
+    width = max([len("metric")] + [len(k) for k in metrics])
+    lines = [title, f"| {'metric'.ljust(width)} | value      |", f"|{'-' * (width + 2)}|------------|"]
+    for key in sorted(metrics):
+        value = metrics[key]
+        text = "nan" if math.isnan(value) else f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4g}"
+        lines.append(f"| {key.ljust(width)} | {text.rjust(10)} |")
+    return "\n".join(lines)
+
+
+def output_path(args, checkpoint_path):
+    if args.output:
+        return Path(args.output)
+    name = "metrics_images.json" if args.images else ("metrics.json" if args.split == "test"
+                                                      else f"metrics_{args.split}.json")
+    return Path(checkpoint_path).parent / name
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        import training
+        checkpoint, system = load(args.checkpoint)
+        module = system_module(system)
+        out_dir = Path(args.out_dir) if args.out_dir else Path(args.checkpoint).parent / "vis"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        call_args = argparse.Namespace(checkpoint=str(args.checkpoint), split=args.split, bootstrap=args.bootstrap,
+                                       visualize=args.visualize, images=args.images, out_dir=str(out_dir),
+                                       device=args.device)
+        if args.images and not Path(args.images).exists():
+            raise EvaluationError(f"--images {args.images}: no such file or folder")
+        training.seed_everything(args.seed)
+        metrics = check_metrics(module.evaluate_checkpoint(checkpoint, call_args), system)
+    except EvaluationError as error:
+        sys.exit(f"evaluate.py: {error}")
+    target = output_path(args, args.checkpoint)
+    what = f"--images {args.images}" if args.images else f"split {args.split}"
+    print(format_table(metrics, f"{system}: {args.checkpoint} ({what}, bootstrap {args.bootstrap})"))
+    training.atomic_write_bytes(target, json.dumps(metrics, indent=1).encode())
+    print(f"wrote {target}" + (f"; figures in {out_dir}" if args.visualize or args.images else ""))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
