@@ -132,6 +132,11 @@ def draw_boxes(image, pred_boxes, gt_boxes, names, path, title=None, gt_names=No
     gt_rows, pred_rows = as_rows(gt_boxes), as_rows(pred_boxes)
     names = list(names) if names is not None else [""] * len(pred_rows)
     gt_names = list(gt_names) if gt_names is not None else [""] * len(gt_rows)
+    for label, given in (("names", names), ("gt_names", gt_names)):
+        wrong = [i for i, name in enumerate(given) if not isinstance(name, str)]
+        if wrong:
+            raise ValueError(f"draw_boxes: {label}[{wrong[0]}] is a {type(given[wrong[0]]).__name__}, expected a "
+                             f"class-name str (one per box)")
     for box, name in zip(gt_rows, gt_names):
         scaled = [float(v) * factor for v in box]
         _dashed_rectangle(draw, scaled, (40, 220, 60), 3)

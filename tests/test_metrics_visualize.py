@@ -48,3 +48,9 @@ def test_attention_grid_panels(tmp_path):
 def test_colorize_ends():
     colours = colorize(np.array([[0.0, 1.0]]), 0.0, 1.0)
     assert colours[0, 0].tolist() == _STOPS[0].tolist() and colours[0, 1].tolist() == _STOPS[-1].tolist()
+
+
+def test_draw_boxes_names_must_be_strings(tmp_path):
+    with pytest.raises(ValueError, match=r"names\[0\] is a Tensor"):
+        draw_boxes(np.zeros((8, 8)), [torch.tensor([1.0, 1.0, 4.0, 4.0])], None, [torch.tensor([1.0, 1.0, 4.0, 4.0])],
+                   tmp_path / "x.png")
