@@ -139,6 +139,7 @@ def write_json_atomic(path, payload):
     os.replace(tmp, path)
 
 
+@torch.enable_grad()  # the first use may come from inside a caller's torch.no_grad() (a query initialization)
 def build_model(name, cache=None, steps=None, force=False, image_size=DEFAULT_IMAGE_SIZE, corpora=None,
                 seed=BUILD_SEED, verbose=True):
     """Build `name` into the cache unless its marker exists (or `force`). Returns its path.

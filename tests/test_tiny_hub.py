@@ -245,6 +245,22 @@ def test_resolve_builds_once_then_reuses(tmp_path, monkeypatch):
         pretrained.resolve_pretrained("tiny-hub/no-such-model")
 
 
+def test_first_use_inside_no_grad_still_trains(tmp_path, monkeypatch):
+    """A hub model first asked for inside torch.no_grad() (a query initialization does that) is built with grad on."""
+    def build(out_path, corpus, held_out, steps, seed, progress=None):
+        w = torch.zeros(2, requires_grad=True)
+        ((w - 3.0) ** 2).sum().backward()    # fails with "does not require grad" if grad is off
+        torch.save({"w": -w.grad}, out_path)
+        return dict(objective="fake", random_twin=2.0, before=2.0, after=1.0), None
+    monkeypatch.setitem(tiny_hub.HUB, "tiny-hub/fake", tiny_hub.HubEntry("tiny-hub/fake", "fake.pth", build, 1, False, "-"))
+    monkeypatch.setattr(tiny_hub, "default_corpora", lambda image_size: ({}, {}))
+    monkeypatch.setenv("CXR_TINY_HUB", str(tmp_path))
+    with torch.no_grad():
+        path = pretrained.resolve_pretrained("tiny-hub/fake")
+        assert not torch.is_grad_enabled()          # the caller's mode is back
+    assert torch.load(path)["w"].tolist() == [6.0, 6.0]
+
+
 def test_load_hf_offline_gives_one_clear_error(monkeypatch, tmp_path):
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
