@@ -243,7 +243,7 @@ def visualize(dataset, predictions, gt_boxes, names, out_dir, count):
         scale = torch.tensor([W, H, W, H])
         labelled = [(box * scale, names[int(label)]) for box, label in zip(p["boxes"], p["labels"])]
         draw_boxes(image, [b for b, _ in labelled], gt_boxes[i] * scale,
-                   [n for n, _ in labelled], out_dir / f"{sample['id']}_boxes.png")
+                   [n for _, n in labelled], out_dir / f"{sample['id']}_boxes.png")
         maps = p["maps"][p["rois"]] if len(p["rois"]) else p["maps"]
         heatmap = F.interpolate(maps.amax(0)[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
         title = f"{sample['id']}: Gaussian maps of " + (", ".join(n for _, n in labelled) or "all ROIs (no box)")
