@@ -1,0 +1,111 @@
+"""Tests of train_concept_cam.py: smoke runs of each stage, stage freezing, exact resume, evaluation outputs.
+
+Run:  /work/venv/bin/python -m pytest -q tests/test_concept_cam_train.py     (~40 s on 2 idle cores; uses the
+      tiny hub's mae-vit, built on first use)
+
+The runs are tiny (64 px phantoms -> a 4 x 4 grid, 32 training images, one epoch per stage); they check the
+mechanics, not accuracy (docs/concept_cam.md has the measured phantom numbers).
+"""
+import argparse
+import json
+
+import pytest
+import torch
+
+import train_concept_cam as script
+import training
+from models.pretrained import PretrainedLoadError
+
+TINY = ["model.image_size=64", "data.num_train=32", "data.num_val=16", "data.num_test=16", "train.batch_size=16",
+        "stage1.epochs=1", "stage2.epochs=1", "stage3.epochs=1", "train.warmup_steps=1", "eval.visualize=1",
+        "train.log_interval=1"]
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def same(a, b, prefix):
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys, prefix
+    return all(torch.equal(a[k], b[k]) for k in keys)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("concept_cam")
+    script.main(["--out", str(out)] + TINY)       # --stage all: stage1, stage2, stage3
+    return out
+
+
+def test_each_stage_writes_its_files_and_metrics(run):
+    for stage in (1, 2, 3):
+        folder = run / f"stage{stage}"
+        for name in ("config.yaml", "log.jsonl", "last.pt", "best.pt", "metrics.json"):
+            assert (folder / name).is_file(), folder / name
+        assert torch.load(folder / "best.pt", weights_only=False)["phase"] == stage
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert 0.0 <= metrics["concept/auroc/macro"] <= 1.0
+        assert 0.0 <= metrics["loc/pointing_game"] <= 1.0 and 0.0 <= metrics["loc/energy_in_boxes"] <= 1.0
+        assert ("disease/auroc/macro" in metrics) == (stage == 3)
+        assert ("proto_loc/pointing_game" in metrics) == (stage >= 2)
+        assert list((folder / "figures").glob("*.png"))
+    lines = [json.loads(x) for x in (run / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert {"classification_loss", "localization_loss", "grad_norm", "lr"} <= set(lines[0])
+
+
+def test_stage_freezing(run):
+    s1, s2, s3 = (weights(run / f"stage{s}" / "last.pt") for s in (1, 2, 3))
+    # stage 2: backbone and concept head bit-identical to stage 1; projector and prototypes trained
+    assert same(s1, s2, "backbone.") and same(s1, s2, "concept_head.")
+    assert not same(s1, s2, "projector.") and not torch.equal(s1["prototypes"], s2["prototypes"])
+    # stage 3: only the task head moves
+    assert same(s2, s3, "backbone.") and same(s2, s3, "concept_head.") and same(s2, s3, "projector.")
+    assert torch.equal(s2["prototypes"], s3["prototypes"]) and same(s2, s3, "linear_task_head.")
+    assert not same(s2, s3, "task_head.")
+
+
+def test_stage1_frozen_backbone_keeps_pretrained_weights(tmp_path, capsys):
+    cfg = training.load_config(training.default_config_path("concept_cam"), TINY + ["stage1.freeze_backbone=true"])
+    best = script.run_stage(cfg, 1, tmp_path, final_eval=False)
+    printed = capsys.readouterr().out
+    assert "trainable = ['concept_head.*']" in printed
+    pretrained = script.build_model(cfg).state_dict()
+    trained = weights(best)
+    assert same(pretrained, trained, "backbone.") and not same(pretrained, trained, "concept_head.")
+
+
+def test_resume_mid_stage_reproduces_the_uninterrupted_run(tmp_path):
+    base = TINY + ["stage1.epochs=2"]      # 2 steps per epoch: stop after 3, i.e. inside epoch 2
+    full = training.load_config(training.default_config_path("concept_cam"), base)
+    script.run_stage(full, 1, tmp_path / "full", final_eval=False)
+    cut = training.load_config(training.default_config_path("concept_cam"), base + ["train.stop_after_steps=3"])
+    script.run_stage(cut, 1, tmp_path / "cut", final_eval=False)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["step"] == 3
+    script.run_stage(full, 1, tmp_path / "cut", resume=tmp_path / "cut" / "last.pt", final_eval=False)
+    a, b = weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "cut" / "last.pt")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_later_stage_needs_the_previous_checkpoint(tmp_path):
+    cfg = training.load_config(training.default_config_path("concept_cam"), TINY)
+    with pytest.raises(training.ConfigError, match="stage 2 starts from the stage 1 checkpoint"):
+        script.run_stage(cfg, 2, tmp_path)
+
+
+def test_evaluate_checkpoint_on_user_images(run, tmp_path):
+    from PIL import Image
+    Image.new("L", (80, 80), 90).save(tmp_path / "a.png")
+    args = argparse.Namespace(checkpoint=str(run / "stage3" / "best.pt"), split="test", bootstrap=0, visualize=0,
+                              images=str(tmp_path), out_dir=str(tmp_path), device="cpu")
+    out = script.evaluate_checkpoint(torch.load(args.checkpoint, weights_only=False), args)
+    assert out == {"images/count": 1.0}
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    assert set(predictions["a.png"]) == {"concepts", "diseases"} and (tmp_path / "a_cams.png").is_file()
+
+
+def test_paper_config_names_medmae_and_fails_clearly_without_it():
+    cfg = training.load_config(training.REPO_ROOT / "configs" / "concept_cam.yaml")
+    assert cfg.system == "concept_cam" and cfg.model.image_size == 224 and cfg.model.embed_dim == 768
+    with pytest.raises(PretrainedLoadError, match="configs/tiny/concept_cam.yaml"):
+        script.build_model(cfg)
