@@ -188,6 +188,20 @@ def test_resume_continues_exactly(tmp_path, num_workers):
         assert (first | second)[s] == full[s], s  # bit-identical, not approximately equal
 
 
+def test_seeded_dataset_depends_on_seed_epoch_index_only_and_keeps_the_caller_rng():
+    data = SeededDataset(NoisyPairs(), seed=5)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    first = data[3]["x"]
+    assert torch.equal(torch.get_rng_state(), state)      # loading a sample did not consume the caller's RNG
+    torch.manual_seed(123)
+    torch.randn(100)                          # the caller's stream moved on: the sample is still the same
+    assert torch.equal(data[3]["x"], first)
+    data.epoch = 1
+    assert not torch.equal(data[3]["x"], first)           # a new epoch gives new augmentation noise
+    assert not torch.equal(SeededDataset(NoisyPairs(), seed=6)[3]["x"], first)
+
+
 def test_checkpoint_round_trip_keeps_every_field(tmp_path):
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
