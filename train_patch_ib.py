@@ -2,7 +2,10 @@
 
 Commands (repository root):
     python train_patch_ib.py --out runs/patch_ib/tiny                      # tiny CPU default (variant C)
+    python evaluate.py runs/patch_ib/tiny/best.pt --split test --visualize 4   # re-measure; PNGs in RUN/vis
+    python evaluate.py runs/patch_ib/tiny/best.pt --images my_xrays/       # zero-shot, closest reports, mask
     python train_patch_ib.py model.variant=E --out runs/patch_ib/E         # models A-E of the seed's table
+    python train_patch_ib.py --table runs/patch_ib/table.md --out runs/patch_ib/table   # A-E x 3 seeds
     python train_patch_ib.py --resume runs/patch_ib/tiny/last.pt --out runs/patch_ib/tiny
     python train_patch_ib.py --config configs/patch_ib.yaml                # paper scale (BiomedCLIP, open_clip)
     python -m data.mimic_master --root /data/mimic-cxr-jpg                 # build the master JSONL first
@@ -11,8 +14,10 @@ Staged training (seed 004 "Model Architecture & Progression"): the configured `p
 other (global -> local -> bottleneck); each phase calls set_trainable (printed table), rebuilds the optimizer
 and switches the local / bottleneck parts on. Loss = L_NCE-full + loss.local * L_local + loss.sparse *
 L_sparse + loss.cons * L_cons + loss.nce_mask * L_NCE-mask (models/patch_ib_losses.py). Validation:
-in-batch-free global InfoNCE loss over the val set; best.pt = lowest. Writes config.yaml, log.jsonl,
-last.pt, best.pt, metrics.json.
+global InfoNCE over the whole val set (one N x N matrix); best.pt = the lowest WITHIN THE CURRENT PHASE, so
+the final best.pt always comes from the last phase (an earlier one would hold an untrained mask head).
+Writes config.yaml, log.jsonl, last.pt, best.pt and, after the last step, the test evaluation of best.pt
+(models/patch_ib_eval.py, the same call as evaluate.py) into metrics.json and PNGs into vis/.
 """
 # ----------------------------------------------------------------------------------------------------------
 # imports
@@ -26,6 +31,7 @@ from tqdm import tqdm
 
 import training
 from data.loader import batches_per_epoch, epoch_loader
+from models import patch_ib_eval
 from models.patch_ib import PatchIB, PatchIBConfig
 from models.patch_ib_losses import info_nce, patch_ib_losses
 
@@ -56,32 +62,13 @@ def build_model(cfg):
 
 
 def run_model(model, batch, device, use_local=True, use_ib=True):
-    ids, attention_mask, word_mask = model.tokenize(batch["report"])
-    return model(batch["image"].to(device), ids.to(device), attention_mask.to(device), word_mask.to(device),
-                 use_local=use_local, use_ib=use_ib)
-
-
-@torch.no_grad()
-def embed_dataset(model, dataset, cfg, device, ctx):
-    """-> image embeddings (N, E), text embeddings (N, E), mask z (N, P) or None, reports, samples' labels"""
-    model.eval()
-    images, texts, masks, reports, labels = [], [], [], [], []
-    for batch in epoch_loader(dataset, cfg.train.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False,
-                              num_workers=cfg.data.num_workers):
-        with ctx:
-            out = run_model(model, batch, device, use_local=False, use_ib=True)
-        images.append(out["image_embed"].float().cpu())
-        texts.append(out["text_embed"].float().cpu())
-        if "z" in out:
-            masks.append(out["z"].float().cpu())
-        reports += list(batch["report"])
-        labels.append(torch.as_tensor(batch["labels"]))
-    return (torch.cat(images), torch.cat(texts), torch.cat(masks) if masks else None, reports, torch.cat(labels))
+    return patch_ib_eval.run_model(model, batch["image"], batch["report"], device, use_local, use_ib)
 
 
 def validation_loss(model, dataset, cfg, device, ctx):
-    image, text, _, _, _ = embed_dataset(model, dataset, cfg, device, ctx)
-    return float(info_nce(image, text, model.logit_scale.exp().detach().cpu()))
+    """global InfoNCE over the whole val set (one batch of N x N), the best.pt criterion"""
+    e = patch_ib_eval.embed_dataset(model, dataset, cfg.train.batch_size, device, ctx, cfg.data.num_workers)
+    return float(info_nce(e["image"], e["text"], model.logit_scale.exp().detach().float().cpu()))
 
 
 def evaluate_checkpoint(checkpoint, args):
@@ -98,6 +85,7 @@ def train(cfg, out_dir, resume=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     training.save_config(cfg, out_dir)
 
+    start_time = time.time()
     # device, seed, AMP
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -128,10 +116,16 @@ def train(cfg, out_dir, resume=None):
     stop_at = min(total_steps, cfg.train.stop_after_steps or total_steps)
     progress = tqdm(total=stop_at, initial=step, desc=SYSTEM, dynamic_ncols=True, leave=False)
 
+    resumed_phase = resume_ckpt["phase"] if resume_ckpt else None
     for index, phase in enumerate(phases):
         start = phase_ends[index] - phase.steps
         if step >= phase_ends[index]:
             continue
+        # best.pt is the best checkpoint OF THE CURRENT PHASE: a later phase switches parts on (the mask
+        # head trains only in `bottleneck`), so an earlier phase's checkpoint would hold untrained heads
+        if phase.name != resumed_phase:
+            best_metric = float("inf")
+        resumed_phase = None
         # phase freezing (seed 004 staged training) + optimizer after freezing
         import fnmatch
         patterns = [p for p in phase.trainable if any(fnmatch.fnmatchcase(n, p) for n in names)]
@@ -191,19 +185,19 @@ def train(cfg, out_dir, resume=None):
             break
     progress.close()
 
-    # cleanup: final test evaluation (needs metrics/ through evaluate_checkpoint)
+    # cleanup: final test evaluation of best.pt (the same call as `python evaluate.py RUN/best.pt`)
     if step < total_steps:
         return {}
-    figures = out_dir / "figures"
-    figures.mkdir(exist_ok=True)
+    print(f"trained {total_steps} steps in {time.time() - start_time:.0f} s")
     args = argparse.Namespace(checkpoint=str(out_dir / "best.pt"), split="test", bootstrap=0,
-                              visualize=cfg.eval.visualize, images=None, out_dir=str(figures), device=cfg.train.device)
-    try:
-        metrics = evaluate_checkpoint(torch.load(out_dir / "best.pt", map_location="cpu", weights_only=False), args)
-    except ModuleNotFoundError as error:       # metrics/ (another issue) not in this checkout yet
-        print(f"final test evaluation skipped: {error}")
-        return {}
+                              visualize=cfg.eval.visualize, images=None, out_dir=str(out_dir / "vis"),
+                              device=cfg.train.device)
+    metrics = evaluate_checkpoint(training.load_checkpoint(out_dir / "best.pt", restore_rng=False), args)
     training.atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+    print(f"test metrics of {out_dir / 'best.pt'} (best val/nce_full {best_metric:.4f} of phase "
+          f"{phases[-1].name}): t2i/R@1 {metrics['test/t2i/R@1']:.4f} (chance {metrics['test/t2i/chance_R@1']:.4f}), "
+          f"i2t/R@1 {metrics['test/i2t/R@1']:.4f}, zero-shot mean AUROC {metrics['test/zeroshot/auroc/mean']:.3f}; "
+          f"wrote {out_dir / 'metrics.json'}, PNGs in {out_dir / 'vis'}")
     return metrics
 
 
@@ -212,10 +206,20 @@ def train(cfg, out_dir, resume=None):
 
 def main(argv=None):
     parser = training.base_argparser(SYSTEM, __doc__)
+    parser.add_argument("--table", default=None, metavar="TABLE.md",
+                        help="the seed's ablation table: train (or reuse) every --variants x --seeds run into "
+                             "--out/<variant>-s<seed>, measure each best.pt with evaluate.py, write mean +- std")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of --table, comma-separated")
+    parser.add_argument("--variants", default="A,B,C,D,E", help="rows of --table, comma-separated")
     args = parser.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.variants = args.variants.split(",")
     cfg = training.load_config(args.config, args.overrides)
     if cfg.get("system") != SYSTEM:
         raise training.ConfigError(f"{args.config}: system is {cfg.get('system')!r}, expected {SYSTEM!r}")
+    if args.table:
+        from models.patch_ib_table import run_table
+        return run_table(args, train)
     return train(cfg, training.make_out_dir(args.out, SYSTEM, "train"), args.resume)
 
 

@@ -1,19 +1,33 @@
 """Evaluation of Patch-IB-CXR (evaluate.py dispatches here through train_patch_ib.evaluate_checkpoint).
 
-Keys (flat floats, prefix "<split>/"): t2i/R@1,5,10 and i2t/R@1,5,10 (+ mean/median rank) from
-metrics.retrieval; zeroshot/auroc/<label> and zeroshot/auroc/mean; mask/sparsity (mean z); on phantoms
-mask/energy_in_boxes (share of the upsampled mask inside the finding boxes, metrics.localization).
+Keys (flat floats, prefix "<split>/"):
+- t2i/R@1,5,10 and i2t/R@1,5,10 (+ mean/median rank) of the GLOBAL embeddings (metrics.retrieval), with
+  t2i/chance_R@1 and retrieval/groups; for the variants with a mask (C-E) also masked/t2i/R@K and
+  masked/i2t/R@K: the same protocol with the MASKED image embedding (what the bottleneck lets through).
+- zeroshot/auroc/<label> for the 14 CheXpert labels, zeroshot/auroc/mean (over labels with both classes in
+  the split) and zeroshot/labels_scored.
+- C-E: mask/sparsity = mean z over patches and images (1 = keep everything; the L_sparse value);
+  mask/fraction_above_0.5; on phantoms mask/energy_in_boxes = share of the mask z (nearest-upsampled to
+  the image) inside the finding boxes (metrics.localization.energy_in_boxes, images with a box),
+  mask/energy_in_boxes_weights = the same for the patch weights the masked embedding really uses (D: soft
+  top-K m * z, E: the hard k-hot), and mask/energy_in_boxes_uniform = a constant map's value (the mean box
+  area share): a mask that does not localize scores this.
 
 Duplicate rule (printed with the numbers): one image and one report per sample; reports with the SAME text
 (whitespace- and case-normalized) form one group, and a retrieved candidate counts as correct when it is in
-the query's group (research §5 convention 1 + deduplicated texts). Chance R@1 is printed beside.
+the query's group (research §5 convention 1 + deduplicated texts). Ties count against the query.
 Zero-shot (CheXzero / CXR-CLIP binary protocol): per label a (positive, negative) prompt pair, softmax of
-the scaled cosines over the pair, AUROC of the positive probability; the mean is over labels with both
-classes present. "No Finding" uses a hand-written pair (NO_FINDING_PROMPTS).
-PNGs: the patch mask z over the image, and the word-to-patch attention of the first report's words.
-Shape letters: N samples, E embed, P patches, C labels.
+the scaled cosines over the pair, AUROC of the positive probability; "No Finding" uses a hand-written pair
+(NO_FINDING_PROMPTS). Prompts are the label name lowercased and "no <name>" (CheXzero's template).
+PNGs (--visualize N, first N samples): mask_<i>.png (z over the image, truth boxes drawn green) and
+word_attention_<i>.png (the local head's attention of up to 10 report words over the patches, one scale).
+User images (--images): per image the zero-shot probabilities of the 14 labels, mean z, and the 3 closest
+reports of the configured split (predictions.json), mask and word-attention PNGs (words of the closest
+report); returned metrics: images/count, images/mask_sparsity. --bootstrap is not used (printed).
+Shape letters: N samples, E embed, P patches, C labels, Q shown words.
 """
 import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +36,10 @@ import torch
 from data.labels import CHEXPERT_LABELS
 
 NO_FINDING_PROMPTS = ("no acute cardiopulmonary abnormality", "acute cardiopulmonary abnormality")
-DUPLICATE_RULE = "identical report texts (normalized) form one group; a hit = any candidate of the query's group"
+DUPLICATE_RULE = ("identical report texts (case/whitespace normalized) form one group; a hit = any candidate "
+                  "of the query's group; ties count against the query")
+SKIP_WORDS = {"findings", "impression", "the", "a", "an", "is", "are", "and", "of", "in", "at", "on", "to", "with",
+              "there", "seen", "as"}       # not shown in the word-attention PNG
 
 
 def prompt_pairs(labels=CHEXPERT_LABELS):
@@ -34,76 +51,182 @@ def report_groups(reports):
     return np.array([ids.setdefault(" ".join(r.lower().split()), len(ids)) for r in reports])
 
 
+def run_model(model, images, reports, device, use_local=True, use_ib=True):
+    ids, attention_mask, word_mask = model.tokenize(reports)
+    return model(images.to(device), ids.to(device), attention_mask.to(device), word_mask.to(device),
+                 use_local=use_local, use_ib=use_ib)
+
+
+@torch.no_grad()
+def embed_dataset(model, dataset, batch_size, device, ctx=contextlib.nullcontext(), num_workers=0):
+    """-> dict: image, text, masked (N, E) (masked only with a mask), z, weights (N, P), reports, labels (N, C),
+    boxes (list of (M, 4), phantoms only)"""
+    from data.loader import epoch_loader
+    model.eval()
+    out = {"image": [], "text": [], "masked": [], "z": [], "weights": [], "reports": [], "labels": [], "boxes": []}
+    for batch in epoch_loader(dataset, batch_size, 0, 0, shuffle=False, drop_last=False, num_workers=num_workers):
+        with ctx:
+            result = run_model(model, batch["image"], batch["report"], device, use_local=False, use_ib=True)
+        out["image"].append(result["image_embed"].float().cpu())
+        out["text"].append(result["text_embed"].float().cpu())
+        if "z" in result:
+            out["masked"].append(result["masked_embed"].float().cpu())
+            out["z"].append(result["z"].float().cpu())
+            out["weights"].append(result["patch_weights"].float().cpu())
+        out["reports"] += list(batch["report"])
+        out["labels"].append(torch.as_tensor(batch["labels"]))
+        if "boxes" in batch:
+            out["boxes"] += [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in batch["boxes"]]
+    return {k: torch.cat(v) if v and isinstance(v[0], torch.Tensor) else (v or None) for k, v in out.items()}
+
+
 @torch.no_grad()
 def zero_shot_scores(model, image_embed, device):
     """image_embed (N, E) -> positive probabilities (N, C)"""
     texts = [t for pair in prompt_pairs() for t in pair]
     ids, attention_mask, _ = model.tokenize(texts)
     _, prompt_embed = model.encode_text(ids.to(device), attention_mask.to(device))      # (2C, E)
-    logits = model.logit_scale.exp().cpu() * image_embed @ prompt_embed.float().cpu().T  # (N, 2C)
-    logits = logits.view(len(image_embed), -1, 2)                                      # (N, C, 2)
-    return torch.softmax(logits, dim=-1)[..., 0]                                       # (N, C)
+    logits = model.logit_scale.exp().float().cpu() * image_embed @ prompt_embed.float().cpu().T   # (N, 2C)
+    return torch.softmax(logits.view(len(image_embed), -1, 2), dim=-1)[..., 0]         # (N, C)
+
+
+def mask_maps(model, z, size):
+    """z (N, P) -> (N, H, W) nearest-upsampled patch masks"""
+    grid = z.float().view(len(z), 1, model.grid, model.grid)                           # (N, 1, h, w)
+    return torch.nn.functional.interpolate(grid, size=size, mode="nearest")[:, 0]     # (N, H, W)
+
+
+def box_energy(model, z, boxes, size):
+    """z (N, P), boxes list of (M, 4) -> energy of the upsampled z inside the boxes (images with a box)."""
+    from metrics.localization import energy_in_boxes
+    keep = [i for i, b in enumerate(boxes) if len(b)]
+    if not keep:
+        return float("nan")
+    return float(energy_in_boxes(mask_maps(model, z[keep], size).numpy(), [boxes[i] for i in keep]))
 
 
 def evaluate_model(model, dataset, cfg, device, prefix, visualize=0, out_dir=None):
     from metrics.classification import auroc
     from metrics.retrieval import retrieval_metrics
-    from train_patch_ib import embed_dataset
-    image, text, z, reports, labels = embed_dataset(model, dataset, cfg, device, contextlib.nullcontext())
-    groups = report_groups(reports)
-    metrics = {prefix + k: float(v) for k, v in
-               retrieval_metrics((image @ text.T).numpy(), groups, groups, ks=(1, 5, 10)).items()}
+    e = embed_dataset(model, dataset, cfg.train.batch_size, device, num_workers=cfg.data.num_workers)
+    groups = report_groups(e["reports"])
     chance = float(np.mean([(groups == g).mean() for g in groups]))
-    metrics[prefix + "t2i/chance_R@1"] = chance
+    metrics = {prefix + k: v for k, v in retrieval_metrics(e["image"] @ e["text"].T, groups, groups).items()}
+    metrics.update({prefix + "t2i/chance_R@1": chance, prefix + "retrieval/groups": float(len(set(groups)))})
     print(f"retrieval duplicate rule: {DUPLICATE_RULE} ({len(set(groups))} groups / {len(groups)} reports, "
           f"chance R@1 {chance:.4f})")
-    per_label = auroc(zero_shot_scores(model, image, device).numpy(), labels.numpy())
+    if e["masked"] is not None:
+        masked = retrieval_metrics(e["masked"] @ e["text"].T, groups, groups)
+        metrics.update({f"{prefix}masked/{k}": v for k, v in masked.items() if "/R@" in k})
+    per_label = auroc(zero_shot_scores(model, e["image"], device).numpy(), e["labels"].numpy())
     for name, value in zip(CHEXPERT_LABELS, per_label):
         metrics[f"{prefix}zeroshot/auroc/{name}"] = float(value)
-    metrics[prefix + "zeroshot/auroc/mean"] = float(np.nanmean(per_label))
-    if z is not None:
-        metrics[prefix + "mask/sparsity"] = float(z.mean())
-        if "boxes" in dataset[0]:
-            metrics[prefix + "mask/energy_in_boxes"] = energy(model, dataset, z)
+    metrics[prefix + "zeroshot/auroc/mean"] = float(np.nanmean(per_label)) if np.isfinite(per_label).any() \
+        else float("nan")
+    metrics[prefix + "zeroshot/labels_scored"] = float(np.isfinite(per_label).sum())
+    if e["z"] is not None:
+        metrics[prefix + "mask/sparsity"] = float(e["z"].mean())
+        metrics[prefix + "mask/fraction_above_0.5"] = float((e["z"] > 0.5).float().mean())
+        if e["boxes"] is not None:
+            size = tuple(dataset[0]["image"].shape[-2:])
+            metrics[prefix + "mask/energy_in_boxes"] = box_energy(model, e["z"], e["boxes"], size)
+            metrics[prefix + "mask/energy_in_boxes_weights"] = box_energy(model, e["weights"], e["boxes"], size)
+            metrics[prefix + "mask/energy_in_boxes_uniform"] = box_energy(model, torch.ones_like(e["z"]),
+                                                                          e["boxes"], size)
     if visualize and out_dir is not None:
-        save_figures(model, dataset, visualize, Path(out_dir), device)
+        for i in range(min(visualize, len(dataset))):
+            sample = dataset[i]
+            save_figures(model, sample["image"], sample["report"], sample.get("boxes"), Path(out_dir), str(i), device)
     return metrics
 
 
-def mask_maps(model, z, size):
-    """z (N, P) -> (N, H, W) nearest-upsampled patch masks"""
-    grid = z.view(len(z), 1, model.grid, model.grid)
-    return torch.nn.functional.interpolate(grid, size=size, mode="nearest")[:, 0]
+# ----------------------------------------------------------------------------------------------------------
+# figures
+
+def draw_outlines(image, boxes, colour=(0.1, 1.0, 0.1)):
+    """image (H, W, 3) float in [0, 1], boxes (M, 4) xyxy pixels -> copy with 1-px box outlines"""
+    image = image.copy()
+    height, width = image.shape[:2]
+    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        c0, r0 = int(np.clip(np.floor(x0), 0, width - 1)), int(np.clip(np.floor(y0), 0, height - 1))
+        c1, r1 = int(np.clip(np.ceil(x1) - 1, 0, width - 1)), int(np.clip(np.ceil(y1) - 1, 0, height - 1))
+        image[r0, c0:c1 + 1] = image[r1, c0:c1 + 1] = colour
+        image[r0:r1 + 1, c0] = image[r0:r1 + 1, c1] = colour
+    return image
 
 
-def energy(model, dataset, z):
-    from metrics.localization import energy_in_boxes
-    size = tuple(dataset[0]["image"].shape[-2:])
-    keep = [i for i in range(len(dataset)) if len(dataset[i]["boxes"])]
-    if not keep:
-        return float("nan")
-    maps = mask_maps(model, z[keep], size).numpy()
-    return float(energy_in_boxes(maps, [np.asarray(dataset[i]["boxes"]) for i in keep]))
+def shown_words(model, ids, word_mask, limit=10):
+    """-> positions (Q,) and names of up to `limit` alphabetic report words (headers, stop words left out)"""
+    tokenizer = model.text_tower.tokenizer
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)                  # open_clip HFTokenizer wraps HF's
+    positions = word_mask.nonzero()[:, 0].tolist()
+    names = tokenizer.convert_ids_to_tokens(ids[positions].tolist())
+    keep = [(p, n) for p, n in zip(positions, names) if n.strip("#").isalpha() and n.lower() not in SKIP_WORDS]
+    keep = keep[:limit]
+    return [p for p, _ in keep], [n for _, n in keep]
 
 
 @torch.no_grad()
-def save_figures(model, dataset, count, out_dir, device):
+def save_figures(model, image, report, boxes, out_dir, name, device):
+    """image (3, H, W) in [0, 1]; writes mask_<name>.png (C-E) and word_attention_<name>.png (B-E)"""
     from metrics.visualize import attention_grid, heatmap_overlay
     model.eval()
-    for i in range(min(count, len(dataset))):
-        sample = dataset[i]
-        ids, attention_mask, word_mask = model.tokenize([sample["report"]])
-        out = model(sample["image"][None].to(device), ids.to(device), attention_mask.to(device), word_mask.to(device))
-        image = sample["image"].permute(1, 2, 0).numpy()
-        size = image.shape[:2]
-        if "z" in out:
-            heatmap_overlay(image, mask_maps(model, out["z"].cpu(), size)[0].numpy(), out_dir / f"mask_{i}.png",
-                            title=f"patch mask z (mean {float(out['z'].mean()):.2f})", colorbar=True)
-        if "attention" in out:
-            words = word_mask[0].nonzero()[:, 0][:8]
-            names = model.text_tower.tokenizer.convert_ids_to_tokens(ids[0, words].tolist())
-            maps = out["attention"][0, words].cpu().view(len(words), model.grid, model.grid).numpy()
-            attention_grid(image, maps, names, out_dir / f"word_attention_{i}.png")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids, attention_mask, word_mask = model.tokenize([report])
+    out = model(image[None].to(device), ids.to(device), attention_mask.to(device), word_mask.to(device))
+    picture = image.permute(1, 2, 0).float().cpu().numpy()                             # (H, W, 3)
+    if boxes is not None and len(boxes):
+        picture = draw_outlines(picture, boxes)
+    if "z" in out:
+        z = out["z"].float().cpu()
+        heatmap_overlay(picture, mask_maps(model, z, picture.shape[:2])[0].numpy(), out_dir / f"mask_{name}.png",
+                        title=f"patch mask z (mean {float(z.mean()):.2f}); green: finding boxes", colorbar=True)
+    if "attention" in out:
+        positions, names = shown_words(model, ids[0], word_mask[0])
+        if positions:
+            maps = out["attention"][0, positions].float().cpu().view(len(positions), model.grid, model.grid)
+            attention_grid(picture, maps.numpy(), names, out_dir / f"word_attention_{name}.png",
+                           title="word-to-patch attention (local head), shared scale")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# user images
+
+@torch.no_grad()
+def predict_user_images(model, cfg, images, reference, out_dir, device):
+    """images: a file or folder of PNG/JPEG; reference: the split whose reports are retrieved."""
+    from data.io import load_image
+    from data.transforms import build_transform
+    path = Path(images)
+    paths = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")) if path.is_dir() \
+        else [path]
+    if not paths:
+        raise FileNotFoundError(f"--images {images}: no .png/.jpg/.jpeg file there")
+    transform = build_transform(False, cfg.data.image_size, mean=(0, 0, 0), std=(1, 1, 1))
+    e = embed_dataset(model, reference, cfg.train.batch_size, device, num_workers=cfg.data.num_workers)
+    results, masks, out_dir = {}, [], Path(out_dir)
+    model.eval()
+    for file in paths:
+        image, _, _ = transform(load_image(file), None, None)                          # (3, H, W)
+        v, image_embed = model.encode_image(image[None].to(device))                    # (1, P, Dv), (1, E)
+        probs = zero_shot_scores(model, image_embed.float().cpu(), device)[0]
+        closest = (image_embed.float().cpu() @ e["text"].T)[0].topk(min(3, len(e["text"])))
+        entry = {"zeroshot": dict(zip(CHEXPERT_LABELS, probs.tolist())),
+                 "closest_reports": [{"report": e["reports"][i], "cosine": float(s)}
+                                     for s, i in zip(closest.values.tolist(), closest.indices.tolist())]}
+        if model.switches["patch_ib"]:
+            entry["mask_mean"] = float(model.patch_mask(v).mean())
+            masks.append(entry["mask_mean"])
+        results[file.name] = entry
+        save_figures(model, image, entry["closest_reports"][0]["report"], None, out_dir, file.stem, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "predictions.json").write_text(json.dumps(results, indent=1))
+    print(f"{len(paths)} images: zero-shot probabilities, closest reports of the reference split and mask means "
+          f"in {out_dir / 'predictions.json'}; PNGs beside it")
+    metrics = {"images/count": float(len(paths))}
+    if masks:
+        metrics["images/mask_sparsity"] = float(np.mean(masks))
+    return metrics
 
 
 def evaluate_checkpoint(checkpoint, args):
@@ -114,7 +237,11 @@ def evaluate_checkpoint(checkpoint, args):
     model = build_model(cfg)
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
+    print(f"patch_ib: variant {cfg.model.variant}, checkpoint step {checkpoint.get('step')} "
+          f"(phase {checkpoint.get('phase')})")
+    if getattr(args, "bootstrap", 0):
+        print("patch_ib: --bootstrap is not used (no confidence intervals for retrieval / zero-shot here)")
     if getattr(args, "images", None):
-        raise NotImplementedError("patch_ib: --images (user images) is not implemented yet")
+        return predict_user_images(model, cfg, args.images, build_dataset(cfg, args.split), args.out_dir, device)
     return evaluate_model(model, build_dataset(cfg, args.split), cfg, device, f"{args.split}/",
                           getattr(args, "visualize", 0), getattr(args, "out_dir", None))
