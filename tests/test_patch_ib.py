@@ -80,18 +80,48 @@ def test_token_drop_embedding_ignores_dropped_patches(models):
         out = m(images, ids, am, wm)
         kept = out["patch_weights"][0].bool()
         assert int(kept.sum()) == m.num_keep == 18
-        dropped = (~kept).nonzero()[0, 0].item()
-        row, col = divmod(dropped, m.grid)
         changed = images.clone()
-        changed[..., row * 16:(row + 1) * 16, col * 16:(col + 1) * 16] = 1.0   # rewrite one dropped patch
+        for dropped in (~kept).nonzero()[:, 0].tolist():                     # rewrite EVERY dropped patch
+            row, col = divmod(dropped, m.grid)
+            changed[..., row * 16:(row + 1) * 16, col * 16:(col + 1) * 16] = torch.rand(3, 16, 16)
         index = m.keep_index(out["z"])
-        a = m.image_tower(images, keep_index=index)
-        b = m.image_tower(changed, keep_index=index)
-        assert torch.equal(a, b)
-        out2 = m(changed, ids, am, wm)
-        assert not torch.equal(out2["image_embed"], out["image_embed"])      # the full embedding does change
-        if torch.equal(m.keep_index(out2["z"]), index):                      # same kept set -> same embedding
-            assert torch.allclose(out2["masked_embed"], out["masked_embed"], atol=1e-6)
+        assert torch.equal(m.image_tower(images, keep_index=index), m.image_tower(changed, keep_index=index))
+        # the masked embedding for the same mask z: bit-identical, although the image changed
+        v_changed, full_changed = m.encode_image(changed)
+        masked, _ = m.masked_embed(images, out["patch_tokens"], out["z"])
+        masked_changed, _ = m.masked_embed(changed, v_changed, out["z"])
+        assert torch.equal(masked, masked_changed)
+        assert not torch.allclose(full_changed, out["image_embed"], atol=1e-3)   # the full embedding changes
+        # contrast: C pools full-pass tokens, which attended to every patch, so its masked embedding changes
+        c = models["C"]
+        c_out = c(images, ids, am, wm)
+        c_changed, _ = c.masked_embed(changed, c.encode_image(changed)[0], c_out["z"])
+        assert not torch.allclose(c_changed, c_out["masked_embed"], atol=1e-3)
+        # changing a KEPT patch does change E's masked embedding (the test above could not pass vacuously)
+        row, col = divmod(kept.nonzero()[0, 0].item(), m.grid)
+        kept_changed = images.clone()
+        kept_changed[..., row * 16:(row + 1) * 16, col * 16:(col + 1) * 16] = 1.0
+        other, _ = m.masked_embed(kept_changed, m.encode_image(kept_changed)[0], out["z"])
+        assert not torch.allclose(other, masked, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant, keep_ratio, expected", [("D", 0.25, 9), ("E", 0.75, 27), ("D", 0.5, 18),
+                                                          ("E", 0.5, 18)])
+def test_topk_and_token_drop_keep_the_configured_count(models, variant, keep_ratio, expected):
+    torch.manual_seed(0)
+    m = models[variant] if keep_ratio == 0.5 else PatchIB(PatchIBConfig(variant=variant, keep_ratio=keep_ratio)).eval()
+    images, ids, am, wm = batch(m, n=2)
+    with torch.no_grad():
+        out = m(images, ids, am, wm)
+    assert m.num_keep == expected
+    if variant == "E":                                                      # hard k-hot, K tokens through the encoder
+        assert out["patch_weights"].sum(1).tolist() == [expected, expected]
+        assert set(out["patch_weights"].unique().tolist()) == {0.0, 1.0}
+        assert m.image_tower(images, keep_index=m.keep_index(out["z"])).shape[1] == expected
+    else:                                                                   # soft k-hot m sums to K; weights = m * z
+        m_soft = soft_topk(torch.logit(out["z"]), expected, m.cfg.topk_tau)
+        assert torch.allclose(m_soft.sum(1), torch.full((2,), float(expected)), atol=1e-3)
+        assert torch.allclose(out["patch_weights"], m_soft * out["z"], atol=1e-5)
 
 
 def test_soft_topk_keeps_k_and_gradients_flow(models):

@@ -1,12 +1,16 @@
 """Seed-004 master JSONL builder on a phantom MIMIC-CXR-JPG layout.  Run: python -m pytest -q tests/test_patch_ib_data.py"""
+import csv
+import gzip
 import json
 
 import numpy as np
+import pytest
 
 from data.labels import CHEXPERT_LABELS
 from data.mimic_cxr import MimicMasterDataset, write_mimic_cxr
 from data.mimic_master import build_master_jsonl
 from data.phantom import phantom_split
+from data.sample import DataError
 
 
 def test_builder_on_phantom_mimic_layout(tmp_path, capsys):
@@ -51,3 +55,37 @@ def test_train_script_reads_master_jsonl_and_paper_config_names_open_clip(tmp_pa
     except ImportError:
         with pytest.raises(ImportError, match="open_clip_torch"):
             train_patch_ib.build_model(paper)
+
+
+def rewrite_chexpert(root, edit):
+    """edit(header, rows) changes the official label CSV of a phantom layout in place"""
+    path = root / "mimic-cxr-2.0.0-chexpert.csv.gz"
+    with gzip.open(path, "rt", newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    edit(header, rows)
+    with gzip.open(path, "wt", newline="") as handle:
+        csv.writer(handle).writerows([header] + rows)
+
+
+def test_builder_positive_only_labels_split_table_and_integrity(tmp_path, capsys):
+    samples = [phantom_split("train", 10, 64)[i] for i in range(10)]
+    write_mimic_cxr(tmp_path, samples, studies_per_subject=2)
+
+    def uncertain_and_negative(header, rows):       # study 0: Edema uncertain (-1), Fracture negative (0)
+        rows[0][header.index("Edema")], rows[0][header.index("Fracture")] = "-1.0", "0.0"
+        rows[0][header.index("Pneumothorax")] = "1.0"
+    rewrite_chexpert(tmp_path, uncertain_and_negative)
+    result = build_master_jsonl(tmp_path)
+    rows = [json.loads(line) for line in result["path"].read_text().splitlines()]
+    first = next(r for r in rows if r["study_id"] == "50000000")
+    assert first["labels"]["Edema"] == 0 and first["labels"]["Fracture"] == 0 and first["labels"]["Pneumothorax"] == 1
+    assert result["rows"] == {"train": 6, "val": 2, "test": 2}              # subjects 0-2 train, 3 validate, 4 test
+    assert {r["split"] for r in rows} == {"train", "validate", "test"}
+    table = capsys.readouterr().out
+    assert "| **Total Samples** | **6** | **2** | **2** |" in table
+    pneumothorax = sum(r["labels"]["Pneumothorax"] for r in rows if r["split"] == "train")
+    assert f"| Pneumothorax | {pneumothorax} |" in table
+    missing = tmp_path / f"{rows[-1]['image_path']}"
+    missing.unlink()                                                        # integrity: a frontal image is gone
+    with pytest.raises(DataError, match=rows[-1]["dicom_id"]):
+        build_master_jsonl(tmp_path)
