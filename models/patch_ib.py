@@ -21,7 +21,9 @@ Design choices:
   them only (masking inside the encoder), so the masked embedding cannot depend on a dropped patch; the
   mask head gets its gradient straight-through (kept tokens x z / sg(z), exactly 1 in the forward pass).
   C and D pool the full-pass tokens, which attended to every patch: they restrict what the pooled vector
-  is made of, not what the tokens saw (said in docs/patch_ib.md).
+  is made of, not what the tokens saw (said in docs/patch_ib.md). With normalized pooling a CONSTANT mask
+  gives exactly the full embedding at any level, so L_cons is 0 and L_sparse lowers z without forcing a
+  choice; model.mask_apply=noise (C/D) replaces the dropped share of each patch by noise instead (IBA).
 - Local head (seed "Local Alignment Head"): words w = norm(Linear(text tokens)), patches
   norm(Linear(v)); text tokens are the queries, patches the keys/values; padding/CLS/SEP never query.
 - Retrieval score: the global cosine.
@@ -61,6 +63,8 @@ class PatchIBConfig:
     mask_bias_init: float = 2.0         # b_z at init (sigmoid(2) = 0.88)
     keep_ratio: float = 0.5             # D/E: K = round(keep_ratio * P)
     topk_tau: float = 0.5               # D: relaxed top-K temperature
+    mask_apply: str = "pool"            # C/D: pool (sum w v / sum w) | noise (w v + (1 - w) eps, IBA-style)
+    noise_momentum: float = 0.05        # noise: update rate of the running patch-token mean / std
 
     @classmethod
     def from_dict(cls, d):
@@ -104,6 +108,12 @@ class PatchIB(nn.Module):
         if self.switches["patch_ib"]:
             self.mask_head = nn.Linear(dv, 1)
             nn.init.constant_(self.mask_head.bias, cfg.mask_bias_init)
+        if cfg.mask_apply not in ("pool", "noise"):
+            raise ValueError(f"model.mask_apply must be pool or noise, got {cfg.mask_apply!r}")
+        if cfg.mask_apply == "noise":                 # running per-channel statistics of the patch tokens
+            self.register_buffer("patch_mean", torch.zeros(dv))
+            self.register_buffer("patch_std", torch.ones(dv))
+            self.register_buffer("noise_updates", torch.zeros((), dtype=torch.long))
 
     def no_weight_decay(self):
         return ["logit_scale"]
@@ -147,8 +157,27 @@ class PatchIB(nn.Module):
             weights = m * z                                                        # (B, P)
         else:
             weights = z                                                            # (B, P)
+        if self.cfg.mask_apply == "noise":
+            return F.normalize(self.image_proj(self.noise_bottleneck(v, weights).mean(1)), dim=-1), weights
         pooled = (weights.unsqueeze(-1) * v).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-6)  # (B, Dv)
         return F.normalize(self.image_proj(pooled), dim=-1), weights
+
+    def noise_bottleneck(self, v, weights):
+        """IBA-style (research §7 (a)): v' = w v + (1 - w) eps, eps ~ N(mean, std^2) of the patch tokens'
+        running per-channel statistics (updated in training); in eval eps = the mean. v (B, P, Dv), weights
+        (B, P) -> (B, P, Dv). Unlike normalized pooling, lowering w really removes the patch's information."""
+        if self.training:
+            with torch.no_grad():
+                flat = v.detach().flatten(0, 1)                                    # (B * P, Dv)
+                rate = self.cfg.noise_momentum if self.noise_updates > 0 else 1.0   # first batch: copy
+                self.noise_updates += 1
+                self.patch_mean.lerp_(flat.mean(0), rate)
+                self.patch_std.lerp_(flat.std(0), rate)
+            eps = self.patch_mean + self.patch_std * torch.randn_like(v)          # (B, P, Dv)
+        else:
+            eps = self.patch_mean.expand_as(v)                                     # (B, P, Dv)
+        w = weights.clamp(0, 1).unsqueeze(-1)                                      # (B, P, 1)
+        return w * v + (1 - w) * eps
 
     def forward(self, images, input_ids, attention_mask, word_mask, use_local=True, use_ib=True):
         """images (B, 3, H, W); input_ids, attention_mask, word_mask (B, L) -> dict of outputs.

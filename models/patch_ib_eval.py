@@ -11,7 +11,9 @@ Keys (flat floats, prefix "<split>/"):
   the image) inside the finding boxes (metrics.localization.energy_in_boxes, images with a box),
   mask/energy_in_boxes_weights = the same for the patch weights the masked embedding really uses (D: soft
   top-K m * z, E: the hard k-hot), and mask/energy_in_boxes_uniform = a constant map's value (the mean box
-  area share): a mask that does not localize scores this.
+  area share): a mask that does not localize scores this; mask/box_patch_auroc = mean per-image AUROC of z
+  separating the patches whose centre is in a finding box from the others (0.5 = chance; scale-free, so it
+  sees a ranking even in a nearly constant mask).
 
 Duplicate rule (printed with the numbers): one image and one report per sample; reports with the SAME text
 (whitespace- and case-normalized) form one group, and a retrieved candidate counts as correct when it is in
@@ -105,6 +107,24 @@ def box_energy(model, z, boxes, size):
     return float(energy_in_boxes(mask_maps(model, z[keep], size).numpy(), [boxes[i] for i in keep]))
 
 
+def box_patch_auroc(model, z, boxes, size):
+    """Mean over images of the AUROC of z (P,) separating patches whose centre lies in a finding box from the
+    others (images with patches on both sides); 0.5 = no localization, threshold- and scale-free."""
+    from metrics.classification import auroc
+    from metrics.localization import box_masks
+    height, width = size
+    rows = ((np.arange(model.grid) + 0.5) * height / model.grid).astype(int)          # patch-centre pixels
+    cols = ((np.arange(model.grid) + 0.5) * width / model.grid).astype(int)
+    values = []
+    for scores, image_boxes in zip(z.numpy(), boxes):
+        if not len(image_boxes):
+            continue
+        inside = box_masks([image_boxes], height, width)[0][np.ix_(rows, cols)].reshape(-1)   # (P,)
+        if 0 < inside.sum() < len(inside):
+            values.append(float(auroc(scores, inside)[0]))
+    return float(np.mean(values)) if values else float("nan")
+
+
 def evaluate_model(model, dataset, cfg, device, prefix, visualize=0, out_dir=None):
     from metrics.classification import auroc
     from metrics.retrieval import retrieval_metrics
@@ -133,6 +153,7 @@ def evaluate_model(model, dataset, cfg, device, prefix, visualize=0, out_dir=Non
             metrics[prefix + "mask/energy_in_boxes_weights"] = box_energy(model, e["weights"], e["boxes"], size)
             metrics[prefix + "mask/energy_in_boxes_uniform"] = box_energy(model, torch.ones_like(e["z"]),
                                                                           e["boxes"], size)
+            metrics[prefix + "mask/box_patch_auroc"] = box_patch_auroc(model, e["z"], e["boxes"], size)
     if visualize and out_dir is not None:
         for i in range(min(visualize, len(dataset))):
             sample = dataset[i]

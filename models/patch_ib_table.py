@@ -21,7 +21,8 @@ import training
 COLUMNS = [("t2i/R@1", "t2i R@1"), ("t2i/R@10", "t2i R@10"), ("i2t/R@1", "i2t R@1"), ("i2t/R@10", "i2t R@10"),
            ("masked/t2i/R@1", "masked t2i R@1"), ("zeroshot/auroc/mean", "zero-shot mean AUROC"),
            ("mask/sparsity", "mask sparsity (mean z)"), ("mask/energy_in_boxes", "energy in boxes (z)"),
-           ("mask/energy_in_boxes_weights", "energy in boxes (weights used)")]
+           ("mask/energy_in_boxes_weights", "energy in boxes (weights used)"),
+           ("mask/box_patch_auroc", "box-patch AUROC of z")]
 SWITCHES = {"A": "global CLIP", "B": "+ local align", "C": "+ Patch-IB (soft mask)", "D": "+ soft top-K",
             "E": "+ hard token drop"}
 

@@ -4,6 +4,7 @@ Run: python -m pytest -q tests/test_patch_ib.py   (CPU, ~20 s; tiny-hub models b
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,3 +159,39 @@ def test_local_loss_ignores_padding_and_variant_switches(models):
     keys = {v: set(patch_ib_losses(models[v](images, ids, am, wm), WEIGHTS)) for v in VARIANTS}
     assert keys["A"] == {"nce_full", "loss"} and keys["B"] == {"nce_full", "local", "loss"}
     assert keys["C"] == keys["D"] == keys["E"] == {"nce_full", "local", "sparse", "cons", "nce_mask", "loss"}
+
+
+def test_mask_localization_measures_on_a_hand_made_mask():
+    from types import SimpleNamespace
+    from models.patch_ib_eval import box_energy, box_patch_auroc
+    grid = SimpleNamespace(grid=6)                                        # 6 x 6 patches of 16 px on 96 px
+    boxes = [np.array([[16.0, 16.0, 48.0, 32.0]]), np.zeros((0, 4), np.float32)]   # patches (1,1), (1,2)
+    z = torch.full((2, 36), 0.2)
+    z[0, 7] = z[0, 8] = 0.9                                              # high exactly on the box patches
+    assert box_patch_auroc(grid, z, boxes, (96, 96)) == 1.0             # the image without a box is skipped
+    assert box_patch_auroc(grid, 1 - z, boxes, (96, 96)) == 0.0
+    assert box_patch_auroc(grid, torch.ones(2, 36), boxes, (96, 96)) == 0.5
+    assert box_energy(grid, z, boxes, (96, 96)) == pytest.approx(1.8 / (1.8 + 34 * 0.2))
+    assert box_energy(grid, torch.ones(2, 36), boxes, (96, 96)) == pytest.approx(2 / 36)
+
+
+def test_noise_bottleneck_removes_what_the_mask_drops(models):
+    torch.manual_seed(0)
+    m = PatchIB(PatchIBConfig(variant="C", mask_apply="noise"))
+    images, ids, am, wm = batch(m, n=2)
+    m.train()
+    v, full = m.encode_image(images)
+    m.noise_bottleneck(v, torch.full((2, 36), 0.5))                      # first update copies the batch statistics
+    assert torch.allclose(m.patch_mean, v.detach().flatten(0, 1).mean(0)) and int(m.noise_updates) == 1
+    m.eval()
+    with torch.no_grad():
+        v, full = m.encode_image(images)
+        kept_all, _ = m.masked_embed(images, v, torch.ones(2, 36))
+        assert torch.allclose(kept_all, full, atol=1e-6)                  # w = 1: the full embedding
+        none, _ = m.masked_embed(images, v, torch.zeros(2, 36))
+        assert torch.allclose(none[0], none[1], atol=1e-6)                # w = 0: nothing of the image is left
+        assert not torch.allclose(full[0], full[1], atol=1e-3)
+        # normalized pooling (mask_apply=pool) keeps the full embedding under ANY constant mask
+        pool = models["C"]
+        v_pool, full_pool = pool.encode_image(images)
+        assert torch.allclose(pool.masked_embed(images, v_pool, torch.full((2, 36), 0.05))[0], full_pool, atol=1e-6)

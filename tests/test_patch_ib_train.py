@@ -18,13 +18,14 @@ from data.labels import CHEXPERT_LABELS
 SMALL = ["data.num_train=16", "data.num_val=8", "data.num_test=8", "train.batch_size=4", "train.eval_interval=2",
          "train.log_interval=1", "phases.global.steps=2", "phases.local.steps=1", "phases.bottleneck.steps=2",
          "eval.visualize=1"]
-MASK_KEYS = {"test/mask/sparsity", "test/mask/energy_in_boxes", "test/mask/energy_in_boxes_weights",
-             "test/mask/energy_in_boxes_uniform", "test/masked/t2i/R@1"}
+MASK_KEYS = {"test/mask/sparsity", "test/mask/box_patch_auroc", "test/mask/energy_in_boxes",
+             "test/mask/energy_in_boxes_weights", "test/mask/energy_in_boxes_uniform", "test/masked/t2i/R@1"}
 
 
-@pytest.mark.parametrize("variant", ["A", "B", "C", "D", "E"])
-def test_smoke_each_variant(tmp_path, variant, capsys):
-    train_patch_ib.main(["--out", str(tmp_path), f"model.variant={variant}"] + SMALL)
+@pytest.mark.parametrize("variant, extra", [("A", []), ("B", []), ("C", []), ("D", ["model.mask_apply=noise"]),
+                                            ("E", [])])
+def test_smoke_each_variant(tmp_path, variant, extra, capsys):
+    train_patch_ib.main(["--out", str(tmp_path), f"model.variant={variant}"] + SMALL + extra)
     out = capsys.readouterr().out
     assert "phase bottleneck" in out and "image_tower" in out
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -40,6 +41,8 @@ def test_smoke_each_variant(tmp_path, variant, capsys):
     assert MASK_KEYS <= set(metrics) if variant in "CDE" else not MASK_KEYS & set(metrics)
     assert (tmp_path / "vis" / "word_attention_0.png").is_file() == (variant != "A")
     assert (tmp_path / "vis" / "mask_0.png").is_file() == (variant in "CDE")
+    if extra:                                                            # the noise bottleneck's running statistics
+        assert int(ckpt["model"]["noise_updates"]) == 2 and ckpt["model"]["patch_std"].min() > 0   # 2 steps
 
 
 def test_bottleneck_phase_freezes_towers_and_resume_is_exact(tmp_path):
@@ -92,6 +95,7 @@ def test_evaluate_py_on_a_tiny_run(table, tmp_path, capsys):
     data = phantom_split("test", 8, 96)
     shares = [box_masks([np.asarray(data[i]["boxes"])], 96, 96).mean() for i in range(8) if len(data[i]["boxes"])]
     assert metrics["test/mask/energy_in_boxes_uniform"] == pytest.approx(np.mean(shares))
+    assert 0 <= metrics["test/mask/box_patch_auroc"] <= 1
     for name in ("mask_0", "mask_1", "word_attention_0", "word_attention_1"):
         with Image.open(tmp_path / "vis" / f"{name}.png") as png:
             assert png.width > 96 and png.height > 96
