@@ -5,7 +5,9 @@ Keys (flat floats, prefix "<split>/"):
   t2i/chance_R@1 and retrieval/groups; for the variants with a mask (C-E) also masked/t2i/R@K and
   masked/i2t/R@K: the same protocol with the MASKED image embedding (what the bottleneck lets through).
 - zeroshot/auroc/<label> for the 14 CheXpert labels, zeroshot/auroc/mean (over labels with both classes in
-  the split) and zeroshot/labels_scored.
+  the split) and zeroshot/labels_scored; zeroshot/pair_cosine/mean = mean cosine between a label's positive
+  and negative prompt embeddings (near 1: the text tower barely tells "x" from "no x", and the pair's
+  softmax then rests on a tiny difference vector).
 - C-E: mask/sparsity = mean z over patches and images (1 = keep everything; the L_sparse value);
   mask/fraction_above_0.5; on phantoms mask/energy_in_boxes = share of the mask z (nearest-upsampled to
   the image) inside the finding boxes (metrics.localization.energy_in_boxes, images with a box),
@@ -83,13 +85,20 @@ def embed_dataset(model, dataset, batch_size, device, ctx=contextlib.nullcontext
 
 
 @torch.no_grad()
-def zero_shot_scores(model, image_embed, device):
-    """image_embed (N, E) -> positive probabilities (N, C)"""
+def prompt_embeddings(model, device):
+    """-> (C, 2, E) unit embeddings of the (positive, negative) prompt pairs"""
     texts = [t for pair in prompt_pairs() for t in pair]
     ids, attention_mask, _ = model.tokenize(texts)
     _, prompt_embed = model.encode_text(ids.to(device), attention_mask.to(device))      # (2C, E)
-    logits = model.logit_scale.exp().float().cpu() * image_embed @ prompt_embed.float().cpu().T   # (N, 2C)
-    return torch.softmax(logits.view(len(image_embed), -1, 2), dim=-1)[..., 0]         # (N, C)
+    return prompt_embed.float().cpu().view(-1, 2, prompt_embed.shape[-1])              # (C, 2, E)
+
+
+@torch.no_grad()
+def zero_shot_scores(model, image_embed, device):
+    """image_embed (N, E) -> positive probabilities (N, C)"""
+    prompts = prompt_embeddings(model, device)                                         # (C, 2, E)
+    logits = model.logit_scale.exp().float().cpu() * torch.einsum("ne,cke->nck", image_embed, prompts)  # (N, C, 2)
+    return torch.softmax(logits, dim=-1)[..., 0]                                       # (N, C)
 
 
 def mask_maps(model, z, size):
@@ -144,6 +153,8 @@ def evaluate_model(model, dataset, cfg, device, prefix, visualize=0, out_dir=Non
     metrics[prefix + "zeroshot/auroc/mean"] = float(np.nanmean(per_label)) if np.isfinite(per_label).any() \
         else float("nan")
     metrics[prefix + "zeroshot/labels_scored"] = float(np.isfinite(per_label).sum())
+    prompts = prompt_embeddings(model, device)                                         # (C, 2, E)
+    metrics[prefix + "zeroshot/pair_cosine/mean"] = float((prompts[:, 0] * prompts[:, 1]).sum(-1).mean())
     if e["z"] is not None:
         metrics[prefix + "mask/sparsity"] = float(e["z"].mean())
         metrics[prefix + "mask/fraction_above_0.5"] = float((e["z"] > 0.5).float().mean())

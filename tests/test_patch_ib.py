@@ -195,3 +195,20 @@ def test_noise_bottleneck_removes_what_the_mask_drops(models):
         pool = models["C"]
         v_pool, full_pool = pool.encode_image(images)
         assert torch.allclose(pool.masked_embed(images, v_pool, torch.full((2, 36), 0.05))[0], full_pool, atol=1e-6)
+
+
+def test_zero_shot_prompt_pairs_softmax_by_hand(models):
+    from models.patch_ib_eval import prompt_embeddings, prompt_pairs, zero_shot_scores
+    m = models["B"]
+    pairs = prompt_pairs()
+    from data.labels import CHEXPERT_LABELS
+    assert len(pairs) == 14 and pairs[CHEXPERT_LABELS.index("Cardiomegaly")] == ("cardiomegaly", "no cardiomegaly")
+    assert pairs[CHEXPERT_LABELS.index("No Finding")] == ("no acute cardiopulmonary abnormality",
+                                                          "acute cardiopulmonary abnormality")
+    prompts = prompt_embeddings(m, "cpu")                                            # (14, 2, E)
+    image = prompts[:, 0]                                                            # image = each positive prompt
+    probs = zero_shot_scores(m, image, "cpu")                                        # (14, 14)
+    s = float(m.logit_scale.detach().exp())
+    cosine = (prompts[:, 0] * prompts[:, 1]).sum(-1)                                 # (14,)
+    expected = 1 / (1 + torch.exp(-s * (1 - cosine)))                                # softmax over the pair
+    assert torch.allclose(probs.diagonal(), expected, atol=1e-5) and (probs.diagonal() > 0.5).all()

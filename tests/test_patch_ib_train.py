@@ -88,6 +88,7 @@ def test_evaluate_py_on_a_tiny_run(table, tmp_path, capsys):
     assert all(math.isnan(a) or 0 <= a <= 1 for a in per_label)
     assert metrics["test/zeroshot/auroc/mean"] == pytest.approx(np.nanmean(per_label))
     assert metrics["test/zeroshot/labels_scored"] == sum(not math.isnan(a) for a in per_label) > 0
+    assert -1 <= metrics["test/zeroshot/pair_cosine/mean"] < 1
     assert 0 < metrics["test/mask/sparsity"] < 1 and 0 <= metrics["test/mask/energy_in_boxes"] <= 1
     # a constant map's energy = the mean share of the image covered by the boxes (images with a box)
     from data.phantom import phantom_split
