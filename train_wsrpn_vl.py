@@ -157,21 +157,14 @@ def predict(model, images_batches, box_threshold, device, ctx):
     for images in images_batches:
         with ctx:
             out = model(images.to(device))
-        boxes, labels, scores = extract_boxes(out["roi_probs"], out["mu"], out["sigma"], box_threshold)
+        boxes, labels, scores, rois = extract_boxes(out["roi_probs"], out["mu"], out["sigma"], box_threshold,
+                                                    return_indices=True)
         H, W = out["grid"]
         for b in range(images.shape[0]):
-            kept = _roi_indices(out, b, boxes[b])
-            yield {"boxes": boxes[b], "labels": labels[b], "scores": scores[b], "rois": kept,
+            yield {"boxes": boxes[b], "labels": labels[b], "scores": scores[b], "rois": rois[b],
                    "mu": out["mu"][b].float().cpu(), "sigma": out["sigma"][b].float().cpu(),
                    "maps": out["gaussian_maps"][b].float().cpu().reshape(-1, H, W),
                    "vision_emb": out["vision_emb"][b].float().cpu()}
-
-
-def _roi_indices(out, b, boxes):
-    """Which ROI produced each extracted box (matched by box centre = mu)."""
-    mu = out["mu"][b].float().cpu()  # (K, 2)
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (M, 2)
-    return torch.cdist(centres, mu).argmin(-1) if len(boxes) else torch.zeros(0, dtype=torch.long)
 
 
 def evaluate_detection(model, dataset, cfg, device, ctx, text_encoder=None, rodeo_too=True, bootstrap=0,
@@ -232,22 +225,42 @@ def evaluate_detection(model, dataset, cfg, device, ctx, text_encoder=None, rode
     return metrics
 
 
-def visualize(dataset, predictions, gt_boxes, names, out_dir, count):
-    """PNGs: predicted vs ground-truth boxes, and the Gaussian maps of the ROIs that gave a box."""
-    from metrics.visualize import draw_boxes, heatmap_overlay
+def draw_prediction(image, image_id, p, names, out_dir, gt_boxes=None, gt_labels=None):
+    """Two PNGs for one image: `<id>_boxes.png` (predicted boxes in red named "class objectness", ground truth
+    green dashed with class names, on a white margin of 20 % per side because boxes are not clipped to the
+    image, as in the reference) and `<id>_gaussians.png` (the Gaussian map of each ROI that gave a box, named
+    by its box's class, on one shared colour scale with a colour bar; all K ROIs when none gave a box).
+    image: (3, H, W) in [0, 1]; p: one item of predict(); gt_boxes: (N, 4) xyxy fractions, gt_labels: (N,)."""
+    from metrics.visualize import attention_grid, draw_boxes
     out_dir = Path(out_dir)
+    H, W = image.shape[-2:]
+    margin = round(0.2 * min(H, W))
+    canvas = F.pad(image, (margin, margin, margin, margin), value=1.0)  # (3, H + 2m, W + 2m)
+    scale, shift = torch.tensor([W, H, W, H]), torch.tensor([margin] * 4)
+    pred_names = [f"{names[int(label)]} {float(score):.2f}" for label, score in zip(p["labels"], p["scores"])]
+    gt_boxes = torch.zeros(0, 4) if gt_boxes is None else gt_boxes
+    gt_names = [] if gt_labels is None else [names[int(label)] for label in gt_labels]
+    counts = {name: gt_names.count(name) for name in dict.fromkeys(gt_names)}
+    truth = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in counts.items()) or "none given"
+    draw_boxes(canvas, list(p["boxes"] * scale + shift), gt_boxes * scale + shift, pred_names,
+               out_dir / f"{image_id}_boxes.png", title=f"{image_id}  truth: {truth}  (white: outside the image)",
+               gt_names=gt_names)
+    if len(p["rois"]):
+        maps, map_names = p["maps"][p["rois"]], [f"ROI {int(k)}: {n}" for k, n in zip(p["rois"], pred_names)]
+    else:
+        maps, map_names = p["maps"], [f"ROI {k} (no box)" for k in range(len(p["maps"]))]
+    maps = F.interpolate(maps[None], size=(H, W), mode="bilinear", align_corners=False)[0]  # (M, H, W)
+    # 3 decimals: the maps are max-normalized to 1, and a minimum like 2e-05 made an unreadable tick label
+    attention_grid(image, maps.clamp(0, 1).mul(1000).round().div(1000), map_names, out_dir / f"{image_id}_gaussians.png",
+                   columns=min(5, len(maps)), title=f"{image_id}: Gaussian ROI maps (max-normalized, patch grid "
+                                                    f"{p['maps'].shape[-2]}x{p['maps'].shape[-1]})")
+
+
+def visualize(dataset, predictions, gt_boxes, gt_labels, names, out_dir, count):
+    """PNGs of the first `count` images: boxes against the ground truth, and the Gaussian maps (draw_prediction)."""
     for i in range(min(count, len(predictions))):
-        sample, p = dataset[i], predictions[i]
-        image = sample["image"]
-        H, W = image.shape[-2:]
-        scale = torch.tensor([W, H, W, H])
-        labelled = [(box * scale, names[int(label)]) for box, label in zip(p["boxes"], p["labels"])]
-        draw_boxes(image, [b for b, _ in labelled], gt_boxes[i] * scale,
-                   [n for _, n in labelled], out_dir / f"{sample['id']}_boxes.png")
-        maps = p["maps"][p["rois"]] if len(p["rois"]) else p["maps"]
-        heatmap = F.interpolate(maps.amax(0)[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-        title = f"{sample['id']}: Gaussian maps of " + (", ".join(n for _, n in labelled) or "all ROIs (no box)")
-        heatmap_overlay(image, heatmap, out_dir / f"{sample['id']}_gaussians.png", title, colorbar=True)
+        sample = dataset[i]
+        draw_prediction(sample["image"], sample["id"], predictions[i], names, out_dir, gt_boxes[i], gt_labels[i])
 
 
 def load_user_images(path, size):
@@ -278,26 +291,21 @@ def evaluate_checkpoint(checkpoint, args, text_encoder=None):
     names = list(cfg.data.classes)
     out_dir = Path(args.out_dir)
     if args.images:
-        from metrics.visualize import draw_boxes, heatmap_overlay
         ids, images = load_user_images(args.images, cfg.data.image_size)
         predictions = list(predict(model, images.split(32), cfg.eval.box_threshold, device, ctx))
         records = {}
-        size = cfg.data.image_size
         for image_id, image, p in zip(ids, images, predictions):
             records[image_id] = [{"box_xyxy_fraction": box.tolist(), "class": names[int(label)], "score": float(s)}
                                  for box, label, s in zip(p["boxes"], p["labels"], p["scores"])]
-            draw_boxes(image, list(p["boxes"] * size), torch.zeros(0, 4),
-                       [names[int(label)] for label in p["labels"]], out_dir / f"{image_id}_boxes.png")
-            heatmap = F.interpolate(p["maps"].amax(0)[None, None], size=(size, size), mode="bilinear")[0, 0]
-            heatmap_overlay(image, heatmap, out_dir / f"{image_id}_gaussians.png", f"{image_id}: Gaussian maps")
+            draw_prediction(image, image_id, p, names, out_dir)
         (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
         return {"images": float(len(ids)), "boxes_per_image": sum(map(len, records.values())) / len(ids)}
     dataset = build_dataset(cfg, args.split)
     use_text = text_encoder if cfg.model.use_vl_branch else None
-    metrics, predictions, gt_boxes, _ = evaluate_detection(model, dataset, cfg, device, ctx, use_text, True,
-                                                           args.bootstrap, keep_predictions=True)
+    metrics, predictions, gt_boxes, gt_labels = evaluate_detection(model, dataset, cfg, device, ctx, use_text, True,
+                                                                   args.bootstrap, keep_predictions=True)
     if args.visualize:
-        visualize(dataset, predictions, gt_boxes, names, out_dir, args.visualize)
+        visualize(dataset, predictions, gt_boxes, gt_labels, names, out_dir, args.visualize)
     return metrics
 
 

@@ -211,20 +211,21 @@ class WSRPN(nn.Module):
 
 
 @torch.no_grad()
-def extract_boxes(roi_probs, mu, sigma, threshold=0.05):
+def extract_boxes(roi_probs, mu, sigma, threshold=0.05, return_indices=False):
     """Boxes from the ROI branch only (reference detail 9): per ROI the argmax pathology; a ROI is kept if any
     pathology prob > threshold; top-1 ROI per class; box = mu -+ sigma / 2 (xyxy in image fractions, not
     clipped); score = objectness 1 - p_nf. Not reproduced: the reference's quirk that also marks ROI 0 as
     "top" for every class no ROI predicts (it adds a duplicate box).
 
-    roi_probs: (B, K, C); mu, sigma: (B, K, 2) -> lists over images of boxes (M, 4), labels (M,), scores (M,)."""
+    roi_probs: (B, K, C); mu, sigma: (B, K, 2) -> lists over images of boxes (M, 4), labels (M,), scores (M,)
+    [and, with return_indices, the ROI index (M,) of each box]."""
     B, K, C = roi_probs.shape
     pathology = roi_probs[..., :-1].float()  # (B, K, C-1)
     best_prob, best_class = pathology.max(-1)  # (B, K)
     keep = best_prob > threshold  # (B, K)
     boxes_xyxy = torch.cat([mu - sigma / 2, mu + sigma / 2], dim=-1).float()  # (B, K, 4)
     objectness = 1 - roi_probs[..., -1].float()  # (B, K)
-    all_boxes, all_labels, all_scores = [], [], []
+    all_boxes, all_labels, all_scores, all_indices = [], [], [], []
     for b in range(B):
         chosen = []
         for c in range(C - 1):
@@ -235,4 +236,7 @@ def extract_boxes(roi_probs, mu, sigma, threshold=0.05):
         all_boxes.append(boxes_xyxy[b, index].cpu())  # (M, 4)
         all_labels.append(best_class[b, index].cpu())  # (M,)
         all_scores.append(objectness[b, index].cpu())  # (M,)
+        all_indices.append(index.cpu())  # (M,)
+    if return_indices:
+        return all_boxes, all_labels, all_scores, all_indices
     return all_boxes, all_labels, all_scores

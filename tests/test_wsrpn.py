@@ -1,6 +1,6 @@
 """WSRPN pieces against direct computations and hand-computed cases (research/wsrpn_rodeo.md §1-3).
 
-Run: /work/venv/bin/python -m pytest -q tests/test_wsrpn.py
+Run: python -m pytest -q tests/test_wsrpn.py
 """
 import math
 
@@ -176,6 +176,8 @@ def test_extract_boxes_top1_per_class_threshold_and_objectness_score():
     assert labels[0].tolist() == [0, 1]
     assert torch.allclose(boxes[0], torch.tensor([[0.4, 0.2, 0.6, 0.6], [0.8, 0.7, 1.2, 1.1]]))  # not clipped
     assert torch.allclose(scores[0], torch.tensor([0.8, 0.9]))
+    assert extract_boxes(roi_probs, mu, sigma, return_indices=True)[3][0].tolist() == [1, 3]  # the ROIs behind them
+    assert extract_boxes(roi_probs, mu, sigma, threshold=0.35)[1][0].tolist() == [0]  # ROI 3 (0.3) no longer kept
 
 
 def test_gaussian_parameter_predictor_offset_is_the_reference_and_logit_stays_inside():

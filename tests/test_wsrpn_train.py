@@ -1,7 +1,7 @@
 """train_wsrpn_vl.py end to end on tiny phantoms: a two-step smoke run, a resume that reproduces the
 uninterrupted run, per-step phase/weight logging, evaluate_checkpoint; and (slow) the paper-size model.
 
-Run: /work/venv/bin/python -m pytest -q tests/test_wsrpn_train.py          (add -m slow for the paper-size step)
+Run: python -m pytest -q tests/test_wsrpn_train.py          (add -m slow for the paper-size step)
 """
 import json
 from types import SimpleNamespace
@@ -136,6 +136,23 @@ def test_compare_aggregates_mean_and_std_over_seeds(tmp_path, monkeypatch):
     assert "0.410 ± 0.014" in (tmp_path / "comparison.md").read_text()  # sample std of (0.40, 0.42)
     train_wsrpn_vl.compare(["--config", "x.yaml"], 2, tmp_path)  # finished runs are reused, not rerun
     assert len(calls) == 2 * len(train_wsrpn_vl.COMPARE_ARMS)
+
+
+def test_validation_uses_metrics_and_best_pt_follows_the_selection_metric(tmp_path):
+    """Validation every epoch through metrics/ (RoDeO, AP@IoU); best.pt is the epoch with the highest
+    eval.select_metric, and the final test evaluation of best.pt writes metrics.json (evaluate.py's keys)."""
+    pytest.importorskip("metrics.detection")
+    out = train_wsrpn_vl.main(["--out", str(tmp_path), *TINY, "train.val_every_epochs=1", "train.epochs=3",
+                               "eval.box_threshold=0.0", "eval.select_metric=rodeo/total"])
+    rows = [json.loads(line) for line in open(out / "log.jsonl") if '"val/rodeo/total"' in line]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert all(isinstance(r["val/map"], float) and isinstance(r["val/rodeo/loc"], float) for r in rows)
+    values = [r["val/rodeo/total"] for r in rows]
+    best = torch.load(out / "best.pt", weights_only=False)
+    first_best = values.index(max(values))  # ties keep the earlier epoch (strictly greater replaces)
+    assert best["epoch"] == first_best + 1 and best["best_metric"] == pytest.approx(max(values))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"rodeo/total", "ap@0.3", "ap@0.5", "loc_acc@0.3", "gaussian/scale"} <= metrics.keys()
 
 
 def test_phase_flag_stops_after_that_phase(tmp_path):

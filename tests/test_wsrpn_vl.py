@@ -1,7 +1,7 @@
 """WSRPN-VL text branch: losses against hand computations, the phase schedule, gradient paths, text encoder
 pooling, captions and the NIH WSRPN split.
 
-Run: /work/venv/bin/python -m pytest -q tests/test_wsrpn_vl.py
+Run: python -m pytest -q tests/test_wsrpn_vl.py
 """
 import json
 import math
