@@ -188,14 +188,19 @@ def draw_outlines(image, boxes, colour=(0.1, 1.0, 0.1)):
 
 
 def shown_words(model, ids, word_mask, limit=10):
-    """-> positions (Q,) and names of up to `limit` alphabetic report words (headers, stop words left out)"""
+    """-> up to `limit` report words as (piece positions, name): WordPiece "##" pieces are joined to their
+    word (GLoRIA's agg_tokens), non-alphabetic words, headers and stop words left out"""
     tokenizer = model.text_tower.tokenizer
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)                  # open_clip HFTokenizer wraps HF's
     positions = word_mask.nonzero()[:, 0].tolist()
-    names = tokenizer.convert_ids_to_tokens(ids[positions].tolist())
-    keep = [(p, n) for p, n in zip(positions, names) if n.strip("#").isalpha() and n.lower() not in SKIP_WORDS]
-    keep = keep[:limit]
-    return [p for p, _ in keep], [n for _, n in keep]
+    words = []
+    for position, piece in zip(positions, tokenizer.convert_ids_to_tokens(ids[positions].tolist())):
+        if piece.startswith("##") and words:
+            words[-1] = (words[-1][0] + [position], words[-1][1] + piece[2:])
+        else:
+            words.append(([position], piece))
+    words = [(p, n) for p, n in words if n.isalpha() and n.lower() not in SKIP_WORDS]
+    return words[:limit]
 
 
 @torch.no_grad()
@@ -214,11 +219,12 @@ def save_figures(model, image, report, boxes, out_dir, name, device):
         heatmap_overlay(picture, mask_maps(model, z, picture.shape[:2])[0].numpy(), out_dir / f"mask_{name}.png",
                         title=f"patch mask z (mean {float(z.mean()):.2f}); green: finding boxes", colorbar=True)
     if "attention" in out:
-        positions, names = shown_words(model, ids[0], word_mask[0])
-        if positions:
-            maps = out["attention"][0, positions].float().cpu().view(len(positions), model.grid, model.grid)
-            attention_grid(picture, maps.numpy(), names, out_dir / f"word_attention_{name}.png",
-                           title="word-to-patch attention (local head), shared scale")
+        words = shown_words(model, ids[0], word_mask[0])
+        if words:
+            attention = out["attention"][0].float().cpu()                                # (L, P)
+            maps = torch.stack([attention[p].mean(0) for p, _ in words]).view(len(words), model.grid, model.grid)
+            attention_grid(picture, maps.numpy(), [n for _, n in words], out_dir / f"word_attention_{name}.png",
+                           title="word-to-patch attention (local head; a word's pieces averaged), shared scale")
 
 
 # ----------------------------------------------------------------------------------------------------------

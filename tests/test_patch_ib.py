@@ -212,3 +212,15 @@ def test_zero_shot_prompt_pairs_softmax_by_hand(models):
     cosine = (prompts[:, 0] * prompts[:, 1]).sum(-1)                                 # (14,)
     expected = 1 / (1 + torch.exp(-s * (1 - cosine)))                                # softmax over the pair
     assert torch.allclose(probs.diagonal(), expected, atol=1e-5) and (probs.diagonal() > 0.5).all()
+
+
+def test_attention_figure_words_join_word_pieces(models):
+    from models.patch_ib_eval import shown_words
+    m = models["B"]
+    ids, _, wm = m.tokenize(["Findings: the catheter terminates in the superior vena cava. | Impression: ok."])
+    words = shown_words(m, ids[0], wm[0])
+    names = [n for _, n in words]
+    assert names[:5] == ["catheter", "terminates", "superior", "vena", "cava"] and "findings" not in names
+    pieces = m.text_tower.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    for positions, name in words:                                        # each word = its consecutive pieces
+        assert "".join(pieces[p].lstrip("#") for p in positions) == name and wm[0, positions].all()
