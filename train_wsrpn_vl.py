@@ -323,18 +323,44 @@ COMPARE_ARMS = [("WSRPN (text off)", ["model.use_vl_branch=false"]),
                 ("WSRPN-VL (text on)", ["model.use_vl_branch=true"])]
 
 
-def compare(argv, seeds, out_dir):
-    """Runs main() for each arm of COMPARE_ARMS x seeds 0..seeds-1 (sequentially, same other arguments) and
-    writes comparison.json and comparison.md (mean +- sample std over seeds of each test metric) in out_dir.
-    A run directory that already holds metrics.json is reused, so an interrupted comparison continues."""
+def compare(argv, seeds, out_dir, jobs=1):
+    """Runs main() for each arm of COMPARE_ARMS x seeds 0..seeds-1 (same other arguments) and writes
+    comparison.json and comparison.md (mean +- sample std over seeds of each test metric) in out_dir.
+    A run directory that already holds metrics.json is reused, so an interrupted comparison continues.
+    jobs > 1 runs that many at once, each as its own `python train_wsrpn_vl.py` process (output in
+    <run>/stdout.log); the runs are the same as sequential ones (each sets its own seed and threads)."""
     out_dir = Path(out_dir)
+    plan = [(index, seed, out_dir / f"arm{index}-seed{seed}", overrides)
+            for index, (_, overrides) in enumerate(COMPARE_ARMS) for seed in range(seeds)]
+    todo = [(run_dir, argv + ["--out", str(run_dir), *overrides, f"seed={seed}"])
+            for _, seed, run_dir, overrides in plan if not (run_dir / "metrics.json").exists()]
+    if jobs <= 1:
+        for _, run_argv in todo:
+            main(run_argv)
+    else:
+        import subprocess
+        import sys
+        pending, running = list(todo), []
+        while pending or running:
+            while pending and len(running) < jobs:
+                run_dir, run_argv = pending.pop(0)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                with open(run_dir / "stdout.log", "w") as log:
+                    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *run_argv],
+                                               stdout=log, stderr=subprocess.STDOUT)
+                running.append((process, run_dir.name))
+                print(f"compare: started {run_dir.name}")
+            time.sleep(2)
+            for process, name in [r for r in running if r[0].poll() is not None]:
+                running.remove((process, name))
+                print(f"compare: {name} finished (exit {process.returncode})")
     table = {}
-    for index, (arm, overrides) in enumerate(COMPARE_ARMS):
+    for index, (arm, _) in enumerate(COMPARE_ARMS):
         runs = []
         for seed in range(seeds):
             run_dir = out_dir / f"arm{index}-seed{seed}"
             if not (run_dir / "metrics.json").exists():
-                main(argv + ["--out", str(run_dir), *overrides, f"seed={seed}"])
+                raise RuntimeError(f"compare: {run_dir} has no metrics.json (see {run_dir / 'stdout.log'})")
             runs.append(json.loads((run_dir / "metrics.json").read_text()))
         table[arm] = {k: [r[k] for r in runs if k in r] for k in COMPARE_KEYS}
     lines = ["| metric | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
@@ -361,12 +387,13 @@ def main(argv=None):
                         help="stop after this phase (default: run all three)")
     parser.add_argument("--compare", type=int, default=0, metavar="SEEDS",
                         help="run text branch off and on, SEEDS seeds each, into --out; print mean +- std")
+    parser.add_argument("--jobs", type=int, default=1, help="with --compare: runs at once (separate processes)")
     args = parser.parse_args(argv)
     if args.compare:
         if not args.out:
             parser.error("--compare needs --out DIR")
         rest = ["--config", args.config, *args.overrides]
-        return compare(rest, args.compare, args.out)
+        return compare(rest, args.compare, args.out, args.jobs)
     cfg = training.load_config(args.config, args.overrides)
     if cfg.get("system") != SYSTEM:
         raise training.ConfigError(f"{args.config}: expected system: {SYSTEM}, got {cfg.get('system')!r}")

@@ -138,6 +138,37 @@ def test_compare_aggregates_mean_and_std_over_seeds(tmp_path, monkeypatch):
     assert len(calls) == 2 * len(train_wsrpn_vl.COMPARE_ARMS)
 
 
+def test_compare_jobs_runs_separate_processes_at_most_jobs_at_once(tmp_path, monkeypatch):
+    import subprocess
+    started, alive = [], []
+
+    class FakeProcess:  # a run that "finishes" on its second poll, writing metrics.json like main() does
+        def __init__(self, command, stdout, stderr):
+            out = command[command.index("--out") + 1]
+            started.append(command)
+            alive.append(self)
+            assert len(alive) <= 2  # --jobs 2
+            self.out, self.polls, self.returncode = out, 0, None
+
+        def poll(self):
+            self.polls += 1
+            if self.polls < 2:
+                return None
+            (tmp_path / self.out / "metrics.json").write_text(json.dumps({"rodeo/total": 0.5}))
+            alive.remove(self)
+            self.returncode = 0
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(train_wsrpn_vl.time, "sleep", lambda seconds: None)
+    monkeypatch.chdir(tmp_path)
+    table = train_wsrpn_vl.compare(["--config", "x.yaml"], 2, "cmp", jobs=2)
+    assert len(started) == 2 * len(train_wsrpn_vl.COMPARE_ARMS)
+    assert all(c[1].endswith("train_wsrpn_vl.py") and c[-1] in ("seed=0", "seed=1") for c in started)
+    assert all(v["rodeo/total"] == [0.5, 0.5] for v in table.values())
+    assert (tmp_path / "cmp" / "arm0-seed1" / "stdout.log").exists()
+
+
 def test_validation_uses_metrics_and_best_pt_follows_the_selection_metric(tmp_path):
     """Validation every epoch through metrics/ (RoDeO, AP@IoU); best.pt is the epoch with the highest
     eval.select_metric, and the final test evaluation of best.pt writes metrics.json (evaluate.py's keys)."""
