@@ -30,6 +30,7 @@ Each stage writes config.yaml, log.jsonl, last.pt, best.pt (by its validation me
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -38,7 +39,8 @@ from data.labels import NIH_BOX_CLASSES, VINDR_CONCEPTS
 from data.loader import SeededDataset, batches_per_epoch, epoch_loader
 from data.phantom import DETAIL_TO_VINDR, PHANTOM_TO_VINDR, phantom_split
 from data.transforms import build_transform
-from models.concept_cam import MEDMAE_MEAN, MEDMAE_STD, ConceptCAM, ConceptCamConfig, trainable_patterns
+from models.concept_cam import (MEDMAE_MEAN, MEDMAE_STD, ConceptCAM, ConceptCamConfig, feature_map,
+                                 trainable_patterns)
 from models.concept_losses import (bbox_guided_concept_loss, boxes_to_grid_masks, disease_loss,
                                    pos_weight_from_labels, soft_triple_loss)
 
@@ -106,7 +108,7 @@ def batch_box_masks(batch, source, num_concepts, image_size, grid_size, min_frac
 def training_labels(dataset, key):
     """(N, K) labels of a dataset without loading images where the records hold them (VinDr)."""
     if hasattr(dataset, "records"):
-        return torch.tensor([r["extra"][key] for r in dataset.records])
+        return torch.from_numpy(np.stack([r["extra"][key] for r in dataset.records])).float()
     return torch.stack([dataset[i][key] for i in tqdm(range(len(dataset)), desc=f"{key} labels", leave=False)])
 
 
@@ -152,6 +154,8 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True):
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"=== concept_cam stage {stage} -> {out_dir}")
     training.save_config(cfg, out_dir)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
     device, ctx, scaler, dtype = training.setup_device(cfg.train.device, cfg.train.dtype)
     training.seed_everything(cfg.train.seed)
     source = cfg.data.dataset
@@ -204,6 +208,19 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True):
     def save(name, epoch):
         training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, epoch, stage, best_metric, cfg)
 
+    # stages 2 and 3 leave the backbone frozen: without augmentation its feature map of an image never changes,
+    # so it is computed once per training image and kept (train.cache_features; same numbers, less time)
+    feature_cache = {} if stage > 1 and cfg.train.cache_features and not cfg.data.augment else None
+
+    def features_of(batch, images):
+        """-> (B, D, h, w) backbone features of the batch, from feature_cache where computed before."""
+        new = [i for i, key in enumerate(batch["id"]) if key not in feature_cache]
+        if new:
+            with torch.no_grad(), ctx:
+                computed = feature_map(model.backbone, images[new]).float()          # (b, D, h, w)
+            feature_cache.update(zip([batch["id"][i] for i in new], computed))
+        return torch.stack([feature_cache[key] for key in batch["id"]])             # (B, D, h, w)
+
     # loop
     stop_at = cfg.train.stop_after_steps or total_steps
     progress = tqdm(total=total_steps, initial=step, desc=f"stage {stage}", dynamic_ncols=True)
@@ -221,7 +238,8 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True):
             images = batch["image"].to(device)                                        # (B, 3, H, W)
             concepts_gt = batch["concepts"].to(device)                                # (B, K)
             with ctx:
-                out = model(images, stage=stage, task_head=task_head)
+                out = (model(images, stage=stage, task_head=task_head) if feature_cache is None
+                       else model.heads(features_of(batch, images), stage=stage, task_head=task_head))
                 if stage == 1:   # seed 002 §5b: alpha * classification + beta * localization
                     inside_mask, has_box = batch_box_masks(batch, source, len(VINDR_CONCEPTS), images.shape[-2:],
                                                            grid, cfg.data.box_min_fraction)
@@ -286,6 +304,8 @@ def evaluate_checkpoint(checkpoint, args):
     """Loaded checkpoint dict + args (.split, .bootstrap, .visualize, .images, .out_dir, .device) -> flat dict."""
     from models.concept_eval import evaluate_concept_cam, predict_user_images
     cfg = training.Config.wrap(checkpoint["config"])
+    if cfg.train.get("num_threads"):
+        torch.set_num_threads(cfg.train.num_threads)
     device, ctx, _, _ = training.setup_device(args.device if args.device else "auto", cfg.train.dtype)
     model = build_model(cfg, pretrained=False)
     model.load_state_dict(checkpoint["model"])
@@ -306,16 +326,82 @@ def evaluate_checkpoint(checkpoint, args):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the comparison table: stage 1 with / without box guidance, stage 3 prototype vs linear head; seeds, mean +- std
+
+STAGE1_KEYS = ["concept/auroc/macro", "loc/pointing_game", "loc/iou_acc@0.1", "loc/iou_acc@0.25", "loc/iobb_acc@0.25",
+               "loc/energy_in_boxes"]
+STAGE3_KEYS = ["disease/auroc/macro", "disease/ap/macro", "disease/f1/macro", "concept/auroc/macro"]
+
+
+def compare(config_path, overrides, seeds, out_dir):
+    """Per seed s (train.seed = s) into out_dir/seed<s>/:
+        box/stage1 -> box/stage2 -> box/stage3 (prototype head), box/stage3_linear (linear head, from box/stage2),
+        nobox/stage1 (loss.beta=0)
+    then comparison.md / comparison.json: mean +- sample std over seeds of the test metrics. A stage folder that
+    holds metrics.json is reused; one with only last.pt continues from it (an interrupted table continues)."""
+    import json
+    out_dir = Path(out_dir)
+    runs, seconds = {"box": [], "nobox": [], "prototype": [], "linear": []}, []
+
+    def stage(folder, number, extra, previous):
+        if not (folder / "metrics.json").exists():
+            cfg = training.load_config(config_path, overrides + extra)
+            run_stage(cfg, number, folder, folder / "last.pt" if (folder / "last.pt").exists() else previous)
+        return json.loads((folder / "metrics.json").read_text()), folder / "best.pt"
+
+    for seed in range(seeds):
+        root, extra = out_dir / f"seed{seed}", [f"train.seed={seed}"]
+        start = time.time()
+        box1, best1 = stage(root / "box" / "stage1", 1, extra, None)
+        _, best2 = stage(root / "box" / "stage2", 2, extra, best1)
+        box3, _ = stage(root / "box" / "stage3", 3, extra, best2)
+        seconds.append(time.time() - start)   # the embedded default's three stages (0 if all were reused)
+        linear3, _ = stage(root / "box" / "stage3_linear", 3, extra + ["stage3.task_head=linear"], best2)
+        nobox1, _ = stage(root / "nobox" / "stage1", 1, extra + ["loss.beta=0"], None)
+        for name, metrics in (("box", box1), ("nobox", nobox1), ("prototype", box3), ("linear", linear3)):
+            runs[name].append(metrics)
+
+    def cell(values):
+        values = torch.tensor(values, dtype=torch.float64)
+        return "n/a" if len(values) == 0 else (f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1
+                                               else f"{values.mean():.3f}")
+
+    def table(title, keys, arms):
+        lines = [f"| {title} | " + " | ".join(label for label, _ in arms) + " |", "|---|" + "---|" * len(arms)]
+        for key in keys:
+            lines.append(f"| {key} | " + " | ".join(cell([m[key] for m in runs[name] if key in m])
+                                                    for _, name in arms) + " |")
+        return lines
+
+    n = f"n={seeds}"
+    lines = table(f"stage 1 (test, {n})", STAGE1_KEYS, [("box guidance (beta=1)", "box"),
+                                                      ("no box guidance (beta=0)", "nobox")])
+    lines += [""] + table(f"stage 3 (test, {n})", STAGE3_KEYS, [("prototype head (CSR)", "prototype"),
+                                                              ("linear head on the backbone", "linear")])
+    (out_dir / "comparison.json").write_text(json.dumps({"runs": runs, "seconds_all_stages": seconds}, indent=1))
+    (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------------------
 # main
 
 def main(argv=None):
     parser = training.base_argparser(SYSTEM, __doc__)
     parser.add_argument("--stage", default="all", choices=["1", "2", "3", "all"],
                         help="stage to train; 'all' runs 1, 2, 3 into <out>/stage1..3, each from the previous best")
+    parser.add_argument("--compare", type=int, default=0, metavar="SEEDS",
+                        help="the comparison table (box guidance on/off, prototype vs linear head) over SEEDS seeds "
+                             "into --out; finished stage folders are reused")
     args = parser.parse_args(argv)
     cfg = training.load_config(args.config, args.overrides)
     if cfg.get("system") != SYSTEM:
         raise training.ConfigError(f"{args.config}: system is {cfg.get('system')!r}, expected {SYSTEM!r}")
+    if args.compare:
+        if not args.out:
+            parser.error("--compare needs --out DIR")
+        return compare(args.config, list(args.overrides), args.compare, args.out)
     if args.stage != "all":
         out_dir = training.make_out_dir(args.out, SYSTEM, f"stage{args.stage}")
         return run_stage(cfg, int(args.stage), out_dir, args.resume)

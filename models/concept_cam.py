@@ -147,7 +147,10 @@ class ConceptCAM(nn.Module):
     def forward(self, images, stage=3, task_head="prototype"):
         """images: (B, 3, H, W) normalized. stage 1: CAMs and concept logits; 2: + projected patches, concept
         vectors, similarity maps and prototype scores; 3: + disease_logits (task_head prototype | linear)."""
-        f = feature_map(self.backbone, images)                                # (B, D, h, w)
+        return self.heads(feature_map(self.backbone, images), stage, task_head)
+
+    def heads(self, f, stage=3, task_head="prototype"):
+        """f: (B, D, h, w) backbone feature map -> the outputs of forward (stages 2 and 3 may pass cached f)."""
         B, D, h, w = f.shape
         cams = self.concept_head(f)                                           # (B, K, h, w)
         concept_logits = F.adaptive_max_pool2d(cams, (1, 1)).flatten(1)       # (B, K)

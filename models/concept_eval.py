@@ -59,7 +59,8 @@ def collect(model, dataset, concept_boxes, source, stage, task_head, device, ctx
             out["boxes"].append(concept_boxes(batch, b, source))
             if len(out["images"]) < keep_images:
                 out["images"].append(batch["image"][b])
-    collected = {k: (torch.cat(v) if isinstance(v[0], torch.Tensor) and k != "images" else v) for k, v in out.items()}
+    collected = {k: (torch.cat(v) if k != "images" and isinstance(v[0], torch.Tensor) else v) for k, v in out.items()}
+    collected.setdefault("images", [])  # visualize = 0 keeps none
     collected["image_size"] = tuple(images.shape[-2:])
     return collected
 

@@ -109,3 +109,76 @@ def test_paper_config_names_medmae_and_fails_clearly_without_it():
     assert cfg.system == "concept_cam" and cfg.model.image_size == 224 and cfg.model.embed_dim == 768
     with pytest.raises(PretrainedLoadError, match="configs/tiny/concept_cam.yaml"):
         script.build_model(cfg)
+
+
+def test_stage1_on_vindr_layout_with_nih_transfer(tmp_path):
+    """The real-data path: phantoms written in the VinDr-CXR layout (3 readers per train image, boxes in the
+    original frame) train stage 1 through data.vindr; NIH boxes (written in the NIH layout) are scored too."""
+    from data.labels import VINDR_CONCEPTS
+    from data.nih import write_nih
+    from data.phantom import ChestPhantomDataset
+    from data.vindr import write_vindr
+    train = ChestPhantomDataset(24, image_size=64, seed=5)
+    test = ChestPhantomDataset(8, image_size=64, seed=6)
+    write_vindr(tmp_path / "vindr", [train[i] for i in range(len(train))], split="train")
+    written = write_vindr(tmp_path / "vindr", [test[i] for i in range(len(test))], split="test")
+    write_nih(tmp_path / "nih", [test[i] for i in range(len(test))])
+    cfg = training.load_config(training.default_config_path("concept_cam"), TINY + [
+        "data.dataset=vindr", f"data.root={tmp_path / 'vindr'}", "data.val_fraction=0.25", "data.cache=false",
+        f"data.nih_root={tmp_path / 'nih'}", "eval.visualize=0"])
+    # the boxes the loss sees are the consensus test boxes, mapped from the original frame to input pixels
+    test_set = script.build_dataset(cfg, "test")
+    for i in range(len(test_set)):
+        boxes, concepts = script.concept_boxes({k: [v] for k, v in test_set[i].items()}, 0, "vindr")
+        assert torch.allclose(boxes, torch.as_tensor(written["boxes"][i]), atol=0.2)
+        assert concepts.tolist() == written["box_labels"][i].tolist()
+    # pos_weight comes from the aggregated training labels, read without loading images
+    labels = script.training_labels(script.build_dataset(cfg, "train"), "concepts")
+    assert labels.shape == (18, len(VINDR_CONCEPTS)) and labels.sum() > 0
+    best = script.run_stage(cfg, 1, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert torch.load(best, weights_only=False)["phase"] == 1
+    expected_counts = {}
+    for concepts, box_labels in zip(written["concepts"], written["box_labels"]):
+        for k in set(box_labels.tolist()):
+            expected_counts[VINDR_CONCEPTS[k]] = expected_counts.get(VINDR_CONCEPTS[k], 0) + 1
+    assert {k[len("loc/count/"):]: v for k, v in metrics.items() if k.startswith("loc/count/")} == expected_counts
+    assert 0.0 <= metrics["nih/loc/pointing_game"] <= 1.0 and "nih/concept/auroc/macro" not in metrics
+
+
+def test_compare_writes_the_table_and_reuses_finished_stages(run, tmp_path, monkeypatch):
+    import shutil
+    seed = tmp_path / "seed0"
+    for stage in (1, 2, 3):   # the module run is seed 0's box-guided pipeline: reused, not retrained
+        shutil.copytree(run / f"stage{stage}", seed / "box" / f"stage{stage}")
+    reused = (seed / "box" / "stage3" / "best.pt").stat().st_mtime_ns
+    script.main(["--compare", "1", "--out", str(tmp_path)] + TINY)
+    assert (seed / "box" / "stage3" / "best.pt").stat().st_mtime_ns == reused
+    for folder in ("box/stage3_linear", "nobox/stage1"):
+        assert (seed / folder / "metrics.json").is_file(), folder
+    assert training.load_config(seed / "nobox" / "stage1" / "config.yaml").loss.beta == 0
+    assert training.load_config(seed / "box" / "stage3_linear" / "config.yaml").stage3.task_head == "linear"
+    linear, stage2 = weights(seed / "box" / "stage3_linear" / "best.pt"), weights(seed / "box" / "stage2" / "best.pt")
+    assert same(stage2, linear, "task_head.") and not same(stage2, linear, "linear_task_head.")
+    table = (tmp_path / "comparison.md").read_text()
+    for arm, folder in (("box", "box/stage1"), ("nobox", "nobox/stage1")):
+        value = json.loads((seed / folder / "metrics.json").read_text())["loc/pointing_game"]
+        assert f" {value:.3f} |" in table.split("| loc/pointing_game |")[1].splitlines()[0], arm
+    disease = json.loads((seed / "box" / "stage3_linear" / "metrics.json").read_text())["disease/auroc/macro"]
+    assert table.split("| disease/auroc/macro |")[1].splitlines()[0].endswith(f" {disease:.3f} |")
+    # a second call finds every stage folder finished: no training at all
+    monkeypatch.setattr(script, "run_stage", lambda *a, **k: pytest.fail("a finished stage was rerun"))
+    script.main(["--compare", "1", "--out", str(tmp_path)] + TINY)
+
+
+def test_cached_features_train_stage2_like_the_full_forward(run, tmp_path):
+    """train.cache_features: stages 2-3 read the frozen backbone's features from a cache (epoch 2 reads it, in
+    another order); the result equals the full forward's."""
+    stage1 = run / "stage1" / "best.pt"
+    results = {}
+    for cache in ("true", "false"):
+        overrides = TINY + [f"train.cache_features={cache}", "stage2.epochs=2"]
+        cfg = training.load_config(training.default_config_path("concept_cam"), overrides)
+        results[cache] = weights(script.run_stage(cfg, 2, tmp_path / cache, resume=stage1, final_eval=False))
+    assert not same(weights(stage1), results["true"], "projector.")
+    assert all(torch.allclose(results["true"][k], results["false"][k], atol=1e-5) for k in results["true"])
