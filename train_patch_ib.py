@@ -52,7 +52,7 @@ def build_dataset(cfg, split):
         from data.transforms import build_transform
         if not d.master_jsonl or not d.image_root:
             raise training.ConfigError("data.source=mimic_master needs data.master_jsonl and data.image_root")
-        return MimicMasterDataset(d.master_jsonl, d.image_root, split, 
+        return MimicMasterDataset(d.master_jsonl, d.image_root, split,
                                   transform=build_transform(split == "train", d.image_size, mean=(0, 0, 0), std=(1, 1, 1)))
     raise training.ConfigError(f"data.source must be phantom or mimic_master, got {d.source!r}")
 
@@ -73,8 +73,7 @@ def validation_loss(model, dataset, cfg, device, ctx):
 
 def evaluate_checkpoint(checkpoint, args):
     """evaluate.py's entry: loaded checkpoint + args -> flat dict of floats (models/patch_ib_eval.py)."""
-    from models.patch_ib_eval import evaluate_checkpoint as evaluate
-    return evaluate(checkpoint, args)
+    return patch_ib_eval.evaluate_checkpoint(checkpoint, args)
 
 
 # ----------------------------------------------------------------------------------------------------------
