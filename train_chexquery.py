@@ -62,6 +62,11 @@ def model_config(cfg):
     return ChexQueryConfig.from_dict(m)
 
 
+def lr_scales(p):
+    """Per-phase learning-rate multipliers of the LoRA adapters (1.0 = the phase's lr, as the seed)."""
+    return {"vision_encoder.*lora_*": float(p.vision_lora_lr_scale), "text_decoder.*lora_*": float(p.decoder_lora_lr_scale)}
+
+
 def phase_settings(cfg, phase):
     p = cfg.phases[f"phase{phase}"]
     if p.effective_batch_size % p.batch_size:
@@ -337,7 +342,8 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     print(f"data: {len(train_set)} train / {len(val_set)} val images; auxiliary labels from {train_set.label_source}")
     print(f"phase {phase}: {p.epochs} epochs x {steps_per_epoch} steps, micro-batch {p.batch_size} x {accum} "
           f"accumulation = effective batch {p.effective_batch_size}, lr {p.lr}, warmup {p.warmup_steps}, "
-          f"label smoothing {p.label_smoothing}, lambda_gen {p.lambda_gen}, lambda_aux {p.lambda_aux}")
+          f"label smoothing {p.label_smoothing}, lambda_gen {p.lambda_gen}, lambda_aux {p.lambda_aux}, "
+          f"LoRA lr scale vision {p.vision_lora_lr_scale} / decoder {p.decoder_lora_lr_scale}")
 
     # model
     model = build_model(cfg).to(device)
@@ -349,7 +355,8 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     trainable = training.set_trainable(model, model.trainable_patterns(phase))
 
     # optimizer + scaler
-    optimizer = training.build_optimizer(model, p.lr, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay())
+    optimizer = training.build_optimizer(model, p.lr, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay(),
+                                         lr_scales=lr_scales(p))
 
     # resume: same phase -> exact continuation; earlier phase -> its weights, a fresh optimizer at step 0
     step, best_metric = 0, float("inf")

@@ -47,6 +47,7 @@ class ChexQueryConfig:
     decoder: dict = field(default_factory=dict)      # TextDecoderConfig fields
     condition_init: str = "bert"                     # "bert" (seed §4.2) or "xavier" (ablation)
     condition_encoder: str = "tiny-hub/bert-mlm"     # BioBERT at paper scale
+    condition_center: bool = False                   # centre the 14 [CLS] vectors, Xavier norm (tiny default)
     num_pooled: int = 10                             # gated fusion 20 -> 10
     cross_attention_layers: int = 2
     heads: int = 8
@@ -68,7 +69,8 @@ class ChexQuery(nn.Module):
         self.cfg = cfg
         self.vision_encoder = VisionEncoder(VisionEncoderConfig(**dict(cfg.vision)))
         D = self.vision_encoder.width
-        self.condition_queries = ConditionQueries(D, init=cfg.condition_init, encoder_name=cfg.condition_encoder)
+        self.condition_queries = ConditionQueries(D, init=cfg.condition_init, encoder_name=cfg.condition_encoder,
+                                                  center=cfg.condition_center)
         self.anatomical_queries = AnatomicalQueries(D)
         self.cross_attention = CrossAttentionModule(D, cfg.heads, cfg.cross_attention_layers, cfg.ffn_ratio, cfg.dropout)
         self.gated_fusion = GatedFusion(D, cfg.num_pooled, cfg.heads, cfg.dropout, cfg.use_gate,

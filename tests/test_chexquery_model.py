@@ -79,6 +79,23 @@ def test_condition_queries_are_bert_cls_embeddings(model):
     assert not torch.allclose(xavier, expected)
 
 
+def test_centered_bert_init_keeps_the_differences_at_xavier_norm():
+    from models.condition_queries import ConditionQueries, bert_cls_embeddings
+    torch.manual_seed(0)
+    raw = bert_cls_embeddings(ConditionQueries(128, init="xavier").names, "tiny-hub/bert-mlm")  # (14, 128)
+    torch.manual_seed(0)
+    xavier_norm = ConditionQueries(128, init="xavier").queries.detach().norm(dim=1)              # (14,)
+    torch.manual_seed(0)
+    centered = ConditionQueries(128, init="bert", center=True).queries.detach()
+    torch.testing.assert_close(centered.norm(dim=1), xavier_norm)
+    # the same directions as the raw vectors minus their mean: BERT's geometry, without its shared offset
+    direction = torch.nn.functional.normalize(raw - raw.mean(0, keepdim=True), dim=1)
+    torch.testing.assert_close(torch.nn.functional.normalize(centered, dim=1), direction)
+    cos = lambda q: (torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(q, dim=1).T)[
+        ~torch.eye(14, dtype=torch.bool)].mean()
+    assert cos(raw) > 0.5 > cos(centered)  # raw [CLS] vectors are nearly parallel; centred ones are not
+
+
 def test_prompt_tokens_excluded_from_loss(tokenizer):
     prompt = "Write the report: "
     ids, labels, mask = encode_targets(tokenizer, ["Findings: heart normal. | Impression: normal."], prompt, 100, 0)
@@ -130,7 +147,9 @@ def test_beam_search_returns_report_tokens_after_prompt(model, tokenizer):
     again, _ = model.generate(torch.zeros(2, 3, 96, 96), prompt_ids, GEN)
     again2, _ = model.generate(torch.zeros(2, 3, 96, 96), prompt_ids, GEN)
     assert torch.equal(again, again2)
-    # no 3-gram repeats within a generated sequence
+    # no 3-gram repeats within a generated sequence (up to its </s>: a finished beam is padded after it)
+    eos = tokenizer.eos_token_id
     for row in tokens.tolist():
-        grams = [tuple(row[i:i + 3]) for i in range(len(row) - 2) if 0 not in row[i:i + 3]]
+        row = row[:row.index(eos)] if eos in row else row
+        grams = [tuple(row[i:i + 3]) for i in range(len(row) - 2)]
         assert len(grams) == len(set(grams))
