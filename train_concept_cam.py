@@ -27,6 +27,9 @@ Each stage writes config.yaml, log.jsonl, last.pt, best.pt (by its validation me
 """
 # ----------------------------------------------------------------------------------------------------------
 # imports
+import argparse
+import json
+import os
 import time
 from pathlib import Path
 
@@ -284,8 +287,6 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True):
 
 
 def evaluate_run(checkpoint_path, out_dir, visualize, device):
-    import argparse
-    import json
     figures = Path(out_dir) / "figures"
     figures.mkdir(exist_ok=True)
     args = argparse.Namespace(checkpoint=str(checkpoint_path), split="test", bootstrap=0, visualize=visualize,
@@ -333,33 +334,64 @@ STAGE1_KEYS = ["concept/auroc/macro", "loc/pointing_game", "loc/iou_acc@0.1", "l
 STAGE3_KEYS = ["disease/auroc/macro", "disease/ap/macro", "disease/f1/macro", "concept/auroc/macro"]
 
 
-def compare(config_path, overrides, seeds, out_dir):
-    """Per seed s (train.seed = s) into out_dir/seed<s>/:
+def compare_seed(config_path, overrides, seed, out_dir):
+    """The stage folders of one seed (train.seed = seed) under out_dir/seed<seed>/:
         box/stage1 -> box/stage2 -> box/stage3 (prototype head), box/stage3_linear (linear head, from box/stage2),
         nobox/stage1 (loss.beta=0)
-    then comparison.md / comparison.json: mean +- sample std over seeds of the test metrics. A stage folder that
-    holds metrics.json is reused; one with only last.pt continues from it (an interrupted table continues)."""
-    import json
-    out_dir = Path(out_dir)
-    runs, seconds = {"box": [], "nobox": [], "prototype": [], "linear": []}, []
+    A folder that holds metrics.json is reused; one with only last.pt continues from it. -> {arm: test metrics}.
+    The embedded default's three stages are timed (wall and this process's CPU seconds) into timing.json."""
+    root, extra = Path(out_dir) / f"seed{seed}", [f"train.seed={seed}"]
 
-    def stage(folder, number, extra, previous):
+    def stage(folder, number, more, previous):
         if not (folder / "metrics.json").exists():
-            cfg = training.load_config(config_path, overrides + extra)
+            cfg = training.load_config(config_path, overrides + extra + more)
             run_stage(cfg, number, folder, folder / "last.pt" if (folder / "last.pt").exists() else previous)
         return json.loads((folder / "metrics.json").read_text()), folder / "best.pt"
 
-    for seed in range(seeds):
-        root, extra = out_dir / f"seed{seed}", [f"train.seed={seed}"]
-        start = time.time()
-        box1, best1 = stage(root / "box" / "stage1", 1, extra, None)
-        _, best2 = stage(root / "box" / "stage2", 2, extra, best1)
-        box3, _ = stage(root / "box" / "stage3", 3, extra, best2)
-        seconds.append(time.time() - start)   # the embedded default's three stages (0 if all were reused)
-        linear3, _ = stage(root / "box" / "stage3_linear", 3, extra + ["stage3.task_head=linear"], best2)
-        nobox1, _ = stage(root / "nobox" / "stage1", 1, extra + ["loss.beta=0"], None)
-        for name, metrics in (("box", box1), ("nobox", nobox1), ("prototype", box3), ("linear", linear3)):
-            runs[name].append(metrics)
+    fresh = not (root / "box" / "stage3" / "metrics.json").exists()
+    wall, cpu = time.time(), time.process_time()
+    box1, best1 = stage(root / "box" / "stage1", 1, [], None)
+    _, best2 = stage(root / "box" / "stage2", 2, [], best1)
+    prototype3, _ = stage(root / "box" / "stage3", 3, [], best2)
+    if fresh:
+        training.atomic_write_bytes(root / "timing.json", json.dumps(
+            {"wall_s": time.time() - wall, "cpu_s": time.process_time() - cpu,
+             "load_average": list(os.getloadavg())}).encode())
+    linear3, _ = stage(root / "box" / "stage3_linear", 3, ["stage3.task_head=linear"], best2)
+    nobox1, _ = stage(root / "nobox" / "stage1", 1, ["loss.beta=0"], None)
+    return {"box": box1, "nobox": nobox1, "prototype": prototype3, "linear": linear3}
+
+
+def compare(config_path, overrides, seeds, out_dir, jobs=1):
+    """compare_seed for seeds 0..seeds-1, then comparison.md / comparison.json in out_dir: mean +- sample std
+    over seeds of the test metrics. jobs > 1: that many seeds at once, each as its own process
+    (`--compare-seed S`, output in out_dir/seed<S>.log); the runs are the same as sequential ones."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if jobs > 1:
+        import subprocess
+        import sys
+        folders = ("box/stage1", "box/stage2", "box/stage3", "box/stage3_linear", "nobox/stage1")
+        pending = [s for s in range(seeds) if not all((out_dir / f"seed{s}" / f / "metrics.json").exists()
+                                                      for f in folders)]
+        running = []
+        while pending or running:
+            while pending and len(running) < jobs:
+                seed = pending.pop(0)
+                with open(out_dir / f"seed{seed}.log", "w") as log:
+                    command = [sys.executable, str(Path(__file__).resolve()), "--config", str(config_path),
+                               "--compare-seed", str(seed), "--out", str(out_dir), *overrides]
+                    running.append((seed, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)))
+                print(f"compare: seed {seed} started (log {out_dir / f'seed{seed}.log'})")
+            time.sleep(2)
+            for seed, process in [r for r in running if r[1].poll() is not None]:
+                running.remove((seed, process))
+                print(f"compare: seed {seed} finished (exit {process.returncode})")
+                if process.returncode:
+                    raise RuntimeError(f"compare: seed {seed} failed; see {out_dir / f'seed{seed}.log'}")
+    per_seed = [compare_seed(config_path, overrides, seed, out_dir) for seed in range(seeds)]  # reused if done
+    runs = {arm: [r[arm] for r in per_seed] for arm in per_seed[0]}
+    timing = [json.loads(p.read_text()) for p in sorted(out_dir.glob("seed*/timing.json"))]
 
     def cell(values):
         values = torch.tensor(values, dtype=torch.float64)
@@ -378,7 +410,10 @@ def compare(config_path, overrides, seeds, out_dir):
                                                       ("no box guidance (beta=0)", "nobox")])
     lines += [""] + table(f"stage 3 (test, {n})", STAGE3_KEYS, [("prototype head (CSR)", "prototype"),
                                                               ("linear head on the backbone", "linear")])
-    (out_dir / "comparison.json").write_text(json.dumps({"runs": runs, "seconds_all_stages": seconds}, indent=1))
+    if timing:
+        lines += ["", f"embedded default, all three stages: wall {cell([t['wall_s'] for t in timing])} s, "
+                      f"CPU {cell([t['cpu_s'] for t in timing])} s (per seed, as timed when it ran)"]
+    (out_dir / "comparison.json").write_text(json.dumps({"runs": runs, "timing": timing}, indent=1))
     (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return runs
@@ -394,14 +429,18 @@ def main(argv=None):
     parser.add_argument("--compare", type=int, default=0, metavar="SEEDS",
                         help="the comparison table (box guidance on/off, prototype vs linear head) over SEEDS seeds "
                              "into --out; finished stage folders are reused")
+    parser.add_argument("--jobs", type=int, default=1, help="with --compare: seeds at once (separate processes)")
+    parser.add_argument("--compare-seed", type=int, default=None, help=argparse.SUPPRESS)  # one seed of --jobs
     args = parser.parse_args(argv)
     cfg = training.load_config(args.config, args.overrides)
     if cfg.get("system") != SYSTEM:
         raise training.ConfigError(f"{args.config}: system is {cfg.get('system')!r}, expected {SYSTEM!r}")
-    if args.compare:
+    if args.compare or args.compare_seed is not None:
         if not args.out:
             parser.error("--compare needs --out DIR")
-        return compare(args.config, list(args.overrides), args.compare, args.out)
+        if args.compare_seed is not None:
+            return compare_seed(args.config, list(args.overrides), args.compare_seed, args.out)
+        return compare(args.config, list(args.overrides), args.compare, args.out, args.jobs)
     if args.stage != "all":
         out_dir = training.make_out_dir(args.out, SYSTEM, f"stage{args.stage}")
         return run_stage(cfg, int(args.stage), out_dir, args.resume)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from data.labels import VINDR_CONCEPTS, VINDR_DISEASES
 from data.loader import epoch_loader
@@ -143,8 +143,16 @@ def colour_map(values):
     return (stops[low[..., 0]] * (1 - frac) + stops[low[..., 0] + 1] * frac).astype(np.uint8)
 
 
-def overlay_tile(image, grid_map, boxes, title, size=160):
-    """image (3, H, W) normalized; grid_map (h, w) -> PIL tile with the map over the image, boxes, title."""
+def font(size=12):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def overlay_tile(image, grid_map, boxes, lines, size=192):
+    """image (3, H, W) normalized; grid_map (h, w) -> PIL tile: the map (min-max over this tile) over the
+    image, the boxes in white, and a 2-line title above."""
     grey = image[0].numpy()
     grey = (grey - grey.min()) / max(grey.max() - grey.min(), 1e-8)
     H, W = grey.shape
@@ -155,34 +163,49 @@ def overlay_tile(image, grid_map, boxes, title, size=160):
     draw = ImageDraw.Draw(tile)
     scale = size / W
     for x1, y1, x2, y2 in boxes.tolist():
+        draw.rectangle([x1 * scale, y1 * scale, x2 * scale - 1, y2 * scale - 1], outline=(0, 0, 0), width=4)
         draw.rectangle([x1 * scale, y1 * scale, x2 * scale - 1, y2 * scale - 1], outline=(255, 255, 255), width=2)
-    framed = Image.new("RGB", (size, size + 14), (20, 20, 20))
-    framed.paste(tile, (0, 14))
-    ImageDraw.Draw(framed).text((2, 1), title[:size // 6], fill=(255, 255, 255))
+    header = TITLE_LINE * len(lines) + 4
+    framed = Image.new("RGB", (size, size + header), (20, 20, 20))
+    framed.paste(tile, (0, header))
+    draw = ImageDraw.Draw(framed)
+    for i, line in enumerate(lines):
+        draw.text((3, 2 + i * TITLE_LINE), line, fill=(255, 255, 255), font=font())
     return framed
 
 
-def save_cam_sheet(image, cams, probs, boxes, present, path, prototype_maps=None, size=160):
-    """One PNG: a tile per concept present or predicted (CAM row; prototype-map row below when given)."""
+TITLE_LINE = 15
+
+
+def save_cam_sheet(image, cams, probs, boxes, present, path, prototype_maps=None, size=192):
+    """One PNG: a tile per concept present or predicted (at most 8): the CAM row, and the prototype-similarity
+    row below it when given; each tile has its concept, label, probability and the map's own value range."""
     box_xyxy, box_concepts = boxes
     shown = [k for k in range(len(VINDR_CONCEPTS)) if probs[k] > 0.5 or (present is not None and present[k] > 0.5)]
     shown = shown[:8] or [int(probs.argmax())]
-    rows = [("CAM", cams)] + ([("prototype sim", prototype_maps)] if prototype_maps is not None else [])
-    bar = 24
-    sheet = Image.new("RGB", (len(shown) * (size + 4) + bar + 40, len(rows) * (size + 18)), (20, 20, 20))
+    rows = [("CAM", cams)] + ([("prototype cosine", prototype_maps)] if prototype_maps is not None else [])
+    bar, legend, header = 20, 2 * TITLE_LINE + 6, 2 * TITLE_LINE + 4
+    width = max(len(shown) * (size + 4) + bar + 40, 640)
+    sheet = Image.new("RGB", (width, len(rows) * (size + header + 4) + legend), (20, 20, 20))
     for r, (kind, maps) in enumerate(rows):
         for j, k in enumerate(shown):
-            mark = "+" if present is not None and present[k] > 0.5 else "-"
-            title = f"{kind} {VINDR_CONCEPTS[k]} {mark} p={float(probs[k]):.2f}"
-            sheet.paste(overlay_tile(image, maps[k], box_xyxy[box_concepts == k], title, size),
-                        (j * (size + 4), r * (size + 18)))
-    # colour bar: normalized map value 0 (bottom) .. 1 (top)
-    x0, height = len(shown) * (size + 4) + 4, sheet.height - 20
-    ramp = colour_map(np.linspace(1, 0, height)[:, None].repeat(bar, 1))
-    sheet.paste(Image.fromarray(ramp), (x0, 10))
+            label = "unlabelled" if present is None else ("present" if present[k] > 0.5 else "absent")
+            low, high = float(maps[k].min()), float(maps[k].max())
+            lines = [f"{kind}: {VINDR_CONCEPTS[k]}",
+                     f"{label}  p={float(probs[k]):.2f}  [{low:.2f}, {high:.2f}]"]
+            sheet.paste(overlay_tile(image, maps[k], box_xyxy[box_concepts == k], lines, size),
+                        (j * (size + 4), r * (size + header + 4)))
+    # colour bar: each tile's map min-max normalized, 0 (its min, bottom) .. 1 (its max, top)
     draw = ImageDraw.Draw(sheet)
-    draw.text((x0 + bar + 2, 8), "1", fill=(255, 255, 255))
-    draw.text((x0 + bar + 2, 10 + height - 10), "0", fill=(255, 255, 255))
+    x0, top, height = len(shown) * (size + 4) + 4, header, len(rows) * (size + header + 4) - header - 8
+    sheet.paste(Image.fromarray(colour_map(np.linspace(1, 0, height)[:, None].repeat(bar, 1))), (x0, top))
+    draw.text((x0 + bar + 3, top - 2), "max", fill=(255, 255, 255), font=font())
+    draw.text((x0 + bar + 3, top + height - 12), "min", fill=(255, 255, 255), font=font())
+    y = sheet.height - legend + 3
+    draw.text((3, y), "white boxes: the ground-truth boxes of the tile's concept",
+              fill=(255, 255, 255), font=font())
+    draw.text((3, y + TITLE_LINE), "colours: each map scaled to its own [min, max] (values in the title); "
+              "p = sigmoid(max CAM)", fill=(255, 255, 255), font=font())
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path

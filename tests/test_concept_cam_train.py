@@ -75,6 +75,22 @@ def test_stage1_frozen_backbone_keeps_pretrained_weights(tmp_path, capsys):
     assert same(pretrained, trained, "backbone.") and not same(pretrained, trained, "concept_head.")
 
 
+def test_stage1_backbone_trains_at_the_scaled_learning_rate(tmp_path):
+    """seed 002 Step 2: the backbone at lr * stage1.backbone_lr_scale, the concept head at lr. Adam's first
+    step moves every parameter by about lr * sign(grad), so the largest change of a tensor is its lr."""
+    cfg = training.load_config(training.default_config_path("concept_cam"),
+                               TINY + ["stage1.backbone_lr_scale=0.01", "train.stop_after_steps=1"])
+    script.run_stage(cfg, 1, tmp_path, final_eval=False)
+    training.seed_everything(cfg.train.seed)   # as run_stage does before it builds the model
+    before, after = script.build_model(cfg).state_dict(), weights(tmp_path / "last.pt")
+    lr = cfg.stage1.lr / cfg.train.warmup_steps   # the first step's lr
+    for name, expected in (("backbone.blocks.0.attn.qkv.weight", 0.01 * lr), ("backbone.patch_embed.proj.weight",
+                                                                             0.01 * lr),
+                           ("concept_head.weight", lr)):
+        moved = (after[name] - before[name]).abs().max().item()
+        assert moved == pytest.approx(expected, rel=0.1), name
+
+
 def test_resume_mid_stage_reproduces_the_uninterrupted_run(tmp_path):
     base = TINY + ["stage1.epochs=2"]      # 2 steps per epoch: stop after 3, i.e. inside epoch 2
     full = training.load_config(training.default_config_path("concept_cam"), base)
@@ -166,6 +182,7 @@ def test_compare_writes_the_table_and_reuses_finished_stages(run, tmp_path, monk
         assert f" {value:.3f} |" in table.split("| loc/pointing_game |")[1].splitlines()[0], arm
     disease = json.loads((seed / "box" / "stage3_linear" / "metrics.json").read_text())["disease/auroc/macro"]
     assert table.split("| disease/auroc/macro |")[1].splitlines()[0].endswith(f" {disease:.3f} |")
+    assert not (seed / "timing.json").exists()   # the reused default stages were not timed here
     # a second call finds every stage folder finished: no training at all
     monkeypatch.setattr(script, "run_stage", lambda *a, **k: pytest.fail("a finished stage was rerun"))
     script.main(["--compare", "1", "--out", str(tmp_path)] + TINY)
