@@ -14,6 +14,8 @@ Commands (run from the repository root):
         data.annotation=/data/iu_xray/annotation.json data.root=/data/iu_xray/images      # R2Gen split
     # build the paper-size model without downloading and print the parameter table per phase
     python train_chexquery.py --config configs/chexquery.yaml --dry-run model.pretrained=false
+    # ablation on phantoms: full / no BERT init / no auxiliary loss / no gated fusion, phases 1 + 2 each
+    python train_chexquery.py --ablation runs/chexquery/ablation --seeds 0,1,2
     # evaluation (text metrics, rule-based clinical F1, template baselines, auxiliary AUROC), generation
     # for your own images, per-query cross-attention PNGs
     python evaluate.py runs/chexquery/tiny/phase2/best.pt --split test --images my_xrays/ --visualize 4
@@ -274,7 +276,7 @@ def evaluate_model(model, dataset, cfg, tokenizer, device, ctx, train_reports=No
         if len(predictions) >= limit:
             break
     predictions, references = predictions[:limit], references[:limit]
-    metrics = dict(text_metrics(predictions, references))
+    metrics = dict(text_metrics(predictions, references, meteor=cfg.eval.meteor))
     metrics.update(clinical_metrics(predictions, references))
     if train_reports:
         metrics.update(template_baselines(train_reports, references))
@@ -454,6 +456,62 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# ablation (seed 001 §9: BERT-initialized condition queries, auxiliary loss, gated fusion), phases 1 + 2 each
+
+ABLATIONS = {
+    "full": [],
+    "no_bert_init": ["model.condition_init=xavier"],
+    "no_aux_loss": ["phases.phase1.lambda_aux=0.0", "phases.phase2.lambda_aux=0.0"],
+    "no_gate": ["model.use_gate=false"],
+}
+ABLATION_COLUMNS = ["bleu1", "bleu4", "rougeL", "meteor", "cider", "clinical/micro_f1", "clinical/macro_f1",
+                    "aux/auroc/macro"]
+
+
+def run_ablation(args):
+    """Train (or reuse: a run whose phase2/metrics.json exists is not retrained) every variant x seed into
+    <root>/<variant>/seed<k>/, then write <root>/ablation.md (mean +- std over seeds) and ablation.json."""
+    root = Path(args.ablation)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in ABLATIONS]
+    if unknown:
+        raise training.ConfigError(f"--variants: unknown {unknown}; known: {', '.join(ABLATIONS)}")
+    seeds = [int(x) for x in args.seeds.split(",") if x]
+    rows, baselines = {}, {}
+    for variant in variants:
+        for seed in seeds:
+            run = root / variant / f"seed{seed}"
+            if not (run / "phase2" / "metrics.json").exists():
+                cfg = training.load_config(args.config, list(args.overrides) + ABLATIONS[variant] + [f"train.seed={seed}"])
+                wall, cpu = time.time(), time.process_time()
+                resume = None
+                for phase in (1, 2):
+                    train_phase(cfg, phase, run / f"phase{phase}", resume, final_test=phase == 2)
+                    resume = run / f"phase{phase}" / "best.pt"
+                (run / "time.json").write_text(json.dumps({"wall_s": time.time() - wall, "cpu_s": time.process_time() - cpu}))
+            metrics = json.loads((run / "phase2" / "metrics.json").read_text())
+            rows.setdefault(variant, []).append(metrics)
+            baselines = {k: v for k, v in metrics.items() if k.startswith("template_")}
+    lines = ["| variant | seeds | " + " | ".join(ABLATION_COLUMNS) + " |", "|---" * (len(ABLATION_COLUMNS) + 2) + "|"]
+    summary = {}
+    for variant, runs in rows.items():
+        cells = []
+        for key in ABLATION_COLUMNS:
+            values = np.array([r.get(key, float("nan")) for r in runs], dtype=float)
+            summary[f"{variant}/{key}"] = [float(v) for v in values]
+            cells.append(f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else ""))
+        lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
+    for name in ("template_frequent", "template_normal"):
+        lines.append(f"| {name} (constant) | - | " + " | ".join(
+            f"{baselines[f'{name}/{k}']:.3f}" if f"{name}/{k}" in baselines else "-" for k in ABLATION_COLUMNS) + " |")
+    table = "\n".join(lines) + "\n"
+    (root / "ablation.md").write_text(table)
+    (root / "ablation.json").write_text(json.dumps(summary, indent=1))
+    print(table)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
 # main
 
 def main(argv=None):
@@ -462,6 +520,10 @@ def main(argv=None):
                         "phase 2 resumes from phase 1's best.pt; run dir gets phase<k>/ folders)")
     parser.add_argument("--dry-run", action="store_true", help="build the model, print the parameter table per "
                         "component and phase (with seed 001 §10.1), and exit")
+    parser.add_argument("--ablation", default=None, metavar="DIR", help="train phases 1 + 2 of every --variants "
+                        "x --seeds run under DIR (existing finished runs are reused) and write DIR/ablation.md")
+    parser.add_argument("--variants", default=",".join(ABLATIONS), help=f"rows of --ablation ({', '.join(ABLATIONS)})")
+    parser.add_argument("--seeds", default="0", help="seeds of --ablation, comma-separated (e.g. 0,1,2)")
     args = parser.parse_args(argv)
     cfg = training.load_config(args.config, args.overrides)
     if cfg.get("system") != SYSTEM:
@@ -473,6 +535,8 @@ def main(argv=None):
         phases = []
     if not phases or any(x not in PHASE_TRAINABLE for x in phases):
         raise training.ConfigError(f"--phase must be 1, 2, 3 or a comma list of them, got {args.phase!r}")
+    if args.ablation:
+        return run_ablation(args)
     if args.dry_run:
         t0 = time.time()
         model = build_model(cfg)
@@ -482,9 +546,13 @@ def main(argv=None):
         return train_phase(cfg, phases[0], training.make_out_dir(args.out, SYSTEM, f"phase{phases[0]}"), args.resume)
     root = training.make_out_dir(args.out, SYSTEM, "phases" + "".join(map(str, phases)))
     resume, metrics = args.resume, {}
+    wall, cpu = time.time(), time.process_time()
     for phase in phases:
         metrics = train_phase(cfg, phase, root / f"phase{phase}", resume, final_test=phase == phases[-1])
         resume = root / f"phase{phase}" / "best.pt"
+    timing = {"wall_s": time.time() - wall, "cpu_s": time.process_time() - cpu}   # CPU: all threads of this process
+    (root / "time.json").write_text(json.dumps(timing))
+    print(f"phases {args.phase}: {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU (final test evaluation included)")
     return metrics
 
 

@@ -141,7 +141,10 @@ def test_bad_reports_and_missing_image(tmp_path, capsys):
     with pytest.raises(DataError, match=r"image not found: .*/5_IM-\d+-\d+\.dcm\.png"):
         for split in ("train", "val", "test"):
             T.build_dataset(stop, split)
+    capsys.readouterr()
     assert sum(len(T.build_dataset(cfg, s)) for s in ("train", "val", "test")) == 11
+    out = capsys.readouterr().out
+    assert "skipped: image not found" in out and "skipped 1 bad item(s)" in out  # skipped and counted
 
 
 def test_generation_follows_config(tmp_path):
@@ -194,3 +197,52 @@ def test_evaluate_checkpoint_with_metrics(tmp_path):
     assert all(isinstance(v, float) for v in metrics.values())
     assert len(list(tmp_path.glob("cross_attention_*.png"))) == 2
     assert len((tmp_path / "reports_test.jsonl").read_text().splitlines()) == 8
+
+
+def test_ablation_runs_each_variant_and_reuses_finished_runs(tmp_path, capsys):
+    fast = [o for o in SMALL if o not in ("eval.final_test=false", "phases.phase1.epochs=2")] + [
+        "phases.phase1.epochs=1", "generation.num_beams=1", "generation.min_length=1", "generation.max_length=6",
+        "eval.max_samples=4"]
+    root = tmp_path / "ablation"
+    argv = ["--ablation", str(root), "--variants", "full,no_gate", "--seeds", "0", "eval.meteor=false"] + fast
+    summary = T.main(argv)
+    for variant in ("full", "no_gate"):
+        run = root / variant / "seed0"
+        assert (run / "phase1" / "best.pt").exists() and (run / "phase2" / "metrics.json").exists()
+        assert set(json.loads((run / "time.json").read_text())) == {"wall_s", "cpu_s"}
+        assert len(summary[f"{variant}/clinical/micro_f1"]) == 1
+    # each variant's switch reached its run
+    assert "use_gate: false" in (root / "no_gate" / "seed0" / "phase2" / "config.yaml").read_text()
+    assert "use_gate: true" in (root / "full" / "seed0" / "phase2" / "config.yaml").read_text()
+    table = (root / "ablation.md").read_text().splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["full", "no_gate", "template_frequent (constant)",
+                                                                 "template_normal (constant)"]
+    # a second call reuses the finished runs (no retraining) and writes the same table
+    stamp = (root / "full" / "seed0" / "phase2" / "best.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    T.main(argv)
+    assert (root / "ablation.md").read_text().splitlines() == table
+    assert "phase 1 trainable patterns" not in capsys.readouterr().out
+    assert (root / "full" / "seed0" / "phase2" / "best.pt").stat().st_mtime_ns == stamp
+    with pytest.raises(training.ConfigError, match="unknown"):
+        T.main(["--ablation", str(root), "--variants", "full,no_queries"])
+
+
+def test_ablation_switches():
+    """Each ablation row changes exactly its own setting (seed §9's three contributions)."""
+    full = config(*T.ABLATIONS["full"])
+    xavier, no_aux, no_gate = (config(*T.ABLATIONS[v]) for v in ("no_bert_init", "no_aux_loss", "no_gate"))
+    assert full.model.condition_init == "bert" and xavier.model.condition_init == "xavier"
+    assert full.phases.phase1.lambda_aux > 0 and full.phases.phase2.lambda_aux > 0
+    assert no_aux.phases.phase1.lambda_aux == 0.0 == no_aux.phases.phase2.lambda_aux
+    assert full.model.use_gate is True and no_gate.model.use_gate is False
+    def leaves(tree, prefix=""):
+        out = {}
+        for k, v in tree.items():
+            out.update(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+    base = leaves(full.to_dict())
+    expected = {"no_bert_init": {"model.condition_init"}, "no_gate": {"model.use_gate"},
+                "no_aux_loss": {"phases.phase1.lambda_aux", "phases.phase2.lambda_aux"}}
+    for name, variant in zip(("no_bert_init", "no_aux_loss", "no_gate"), (xavier, no_aux, no_gate)):
+        assert {k for k, v in leaves(variant.to_dict()).items() if base[k] != v} == expected[name]
