@@ -65,8 +65,10 @@ def model_config(cfg):
 
 
 def lr_scales(p):
-    """Per-phase learning-rate multipliers of the LoRA adapters (1.0 = the phase's lr, as the seed)."""
-    return {"vision_encoder.*lora_*": float(p.vision_lora_lr_scale), "text_decoder.*lora_*": float(p.decoder_lora_lr_scale)}
+    """Per-phase learning-rate multipliers of the LoRA adapters (1.0 = the phase's lr, as the seed); the
+    decoder's cross-attention (EncDecAttention, which reads the visual tokens) can have its own."""
+    return {"text_decoder.*EncDecAttention.*lora_*": float(p.decoder_cross_lora_lr_scale),
+            "vision_encoder.*lora_*": float(p.vision_lora_lr_scale), "text_decoder.*lora_*": float(p.decoder_lora_lr_scale)}
 
 
 def phase_settings(cfg, phase):
@@ -345,7 +347,8 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     print(f"phase {phase}: {p.epochs} epochs x {steps_per_epoch} steps, micro-batch {p.batch_size} x {accum} "
           f"accumulation = effective batch {p.effective_batch_size}, lr {p.lr}, warmup {p.warmup_steps}, "
           f"label smoothing {p.label_smoothing}, lambda_gen {p.lambda_gen}, lambda_aux {p.lambda_aux}, "
-          f"LoRA lr scale vision {p.vision_lora_lr_scale} / decoder {p.decoder_lora_lr_scale}")
+          f"LoRA lr scale vision {p.vision_lora_lr_scale} / decoder {p.decoder_lora_lr_scale} / decoder "
+          f"cross-attention {p.decoder_cross_lora_lr_scale}")
 
     # model
     model = build_model(cfg).to(device)

@@ -2,8 +2,19 @@
 (seed 001 §4.6), with prompt-guided decoding.
 
 Design choices:
-- The T5 encoder is bypassed: `encoder_outputs = projection(visual_tokens)`. It stays in the module
-  (frozen, unused) so the checkpoint layout is the published one and the seed's ~248M count holds.
+- The T5 encoder's blocks are bypassed: `encoder_outputs = projection(visual_tokens)`, then (with
+  `normalize_visual`, both configs) scaled like a T5 encoder output: divided by the RMS of the sample's
+  11 tokens taken together and multiplied by the weight of the T5 encoder's own final RMSNorm
+  (pretrained, frozen with the rest of T5). Every T5 encoder output passes that norm (RMS ~1 per
+  channel), so the decoder's cross-attention reads visual tokens at the scale it was pretrained on.
+  One RMS over all 11 tokens, not one per token, so the gate's balance between the global token and the
+  pooled tokens (seed §4.5) survives: a per-token norm would undo `gate * cls`. Without it
+  (`normalize_visual=False`, the seed's text taken literally) the tiny default's visual tokens reached the
+  decoder at a norm of 1.6-4 per token against ~11 for T5 encoder outputs (measured on a trained tiny
+  model), so T5's unscaled cross-attention stayed flat and the visual part of the decoder's residual
+  stream was small: the reports came out mostly "normal".
+  The encoder blocks stay in the module (frozen, unused) so the checkpoint layout is the published one
+  and the seed's ~248M count holds.
 - LoRA goes into the decoder's self- and cross-attention q, k, v, o only (the encoder never runs, so
   adapters there would never receive a gradient). Names read `text_decoder.model.decoder...q.lora_A...`.
 - `projection`: Linear(visual width -> d_model) when they differ, else no parameters at all.
@@ -35,6 +46,8 @@ class TextDecoderConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: list = field(default_factory=lambda: ["q", "k", "v", "o"])
+    normalize_visual: bool = False          # True (both configs): visual tokens scaled like a T5 encoder output
+                                            # (see above); False = checkpoints written before it existed
     architecture: dict = field(default_factory=dict)  # T5Config kwargs when pretrained=False
 
 
@@ -88,7 +101,12 @@ class TextDecoder(nn.Module):
 
     def encoder_outputs(self, visual_tokens):
         from transformers.modeling_outputs import BaseModelOutput
-        return BaseModelOutput(last_hidden_state=self.projection(visual_tokens))  # (B, V, E)
+        hidden = self.projection(visual_tokens)                                    # (B, V, E)
+        if self.cfg.normalize_visual:
+            norm = self.model.encoder.final_layer_norm
+            rms = hidden.float().pow(2).mean(dim=(1, 2), keepdim=True).add(norm.variance_epsilon).sqrt()  # (B, 1, 1)
+            hidden = norm.weight * (hidden / rms).to(hidden.dtype)                 # (B, V, E) RMS ~1 per channel
+        return BaseModelOutput(last_hidden_state=hidden)
 
     def forward(self, visual_tokens, decoder_input_ids, decoder_attention_mask=None):
         """visual_tokens (B, V, D), decoder_input_ids (B, T) -> logits (B, T, W)."""

@@ -153,3 +153,27 @@ def test_beam_search_returns_report_tokens_after_prompt(model, tokenizer):
         row = row[:row.index(eos)] if eos in row else row
         grams = [tuple(row[i:i + 3]) for i in range(len(row) - 2)]
         assert len(grams) == len(set(grams))
+
+
+def test_visual_tokens_reach_the_decoder_at_t5_encoder_output_scale():
+    from models.text_decoder import TextDecoder
+    torch.manual_seed(0)
+    normed = TextDecoder(TextDecoderConfig(pretrained=False, normalize_visual=True), 128).eval()
+    plain = TextDecoder(TextDecoderConfig(pretrained=False, normalize_visual=False), 128).eval()
+    with torch.no_grad():
+        normed.model.encoder.final_layer_norm.weight.uniform_(0.5, 1.5)
+    tokens = torch.randn(2, 11, 128) * 0.2                                             # (B, V, D) small, as trained
+    tokens[:, 0] *= 0.1                                                                # a gated-down global token
+    hidden = normed.encoder_outputs(tokens).last_hidden_state                          # (B, V, E)
+    weight = normed.model.encoder.final_layer_norm.weight
+    # RMS 1 over the sample's 11 tokens together (before the norm's weight) ...
+    torch.testing.assert_close((hidden / weight).pow(2).mean((1, 2)).sqrt(), torch.ones(2), atol=1e-3, rtol=1e-3)
+    # ... one scale per sample, so the ratio between tokens (the gate's balance) is kept
+    ratio = (hidden / weight).norm(dim=-1) / tokens.norm(dim=-1)                        # (B, V)
+    torch.testing.assert_close(ratio, ratio[:, :1].expand(-1, 11))
+    torch.testing.assert_close(normed.encoder_outputs(10 * tokens).last_hidden_state, hidden, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(plain.encoder_outputs(tokens).last_hidden_state, tokens)  # off: the tokens as they are
+    plain.load_state_dict(normed.state_dict())                                        # same weights, norm off
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    assert not torch.allclose(normed(tokens, ids), plain(tokens, ids))
+    assert torch.allclose(normed(tokens, ids), plain(hidden, ids), atol=1e-5)            # the scaling is the only change
