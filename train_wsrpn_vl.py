@@ -16,7 +16,7 @@ Commands (run from the repository root):
     # evaluation (RoDeO, AP@IoU, loc-acc, bootstrap, Gaussian scale/entropy, vision-text similarity, PNGs)
     python evaluate.py runs/wsrpn_vl/tiny/best.pt --split test --bootstrap 250 --visualize 8
     # the text-branch comparison: text off vs on, three seeds each, mean +- std (docs/wsrpn_vl.md)
-    python train_wsrpn_vl.py --compare 3 --out runs/wsrpn_vl/compare
+    python train_wsrpn_vl.py --compare 3 --jobs 2 --out runs/wsrpn_vl/compare     # --jobs: runs at once
 
 Phases (seed 000 "Three-Phase Training Schedule"; epochs are 0-based):
     1  epoch < loss.warmup_epochs: detection only, L = L_detection (the mean of the five WSRPN terms)
