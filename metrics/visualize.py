@@ -77,17 +77,22 @@ def _resize_map(heatmap, height, width):
 
 
 def _colorbar(height, low, high, font, label=""):
-    """A vertical bar (height x 70) with 5 ticks labelled low..high."""
-    bar_width, canvas = 16, Image.new("RGB", (78, height), "white")
-    ramp = np.linspace(high, low, max(height - 20, 2))[:, None].repeat(bar_width, 1)
-    canvas.paste(Image.fromarray(colorize(ramp, low, high)), (4, 10))
-    draw = ImageDraw.Draw(canvas)
+    """A vertical bar with 5 ticks labelled low..high; the canvas is as wide as the widest tick label."""
+    bar_width = 16
+    ticks = []
     for k in range(5):
         value = high - (high - low) * k / 4
         value = 0.0 if abs(value) < 1e-6 * max(abs(high), abs(low), 1e-30) else value   # no "1.5e-10" ticks
-        y = 10 + round((height - 21) * k / 4)
+        ticks.append((10 + round((height - 21) * k / 4), f"{value:.3g}"))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max(measure.textbbox((0, 0), text, font=font)[2] for _, text in ticks)
+    canvas = Image.new("RGB", (max(78, 10 + bar_width + text_width + 4), height), "white")
+    ramp = np.linspace(high, low, max(height - 20, 2))[:, None].repeat(bar_width, 1)
+    canvas.paste(Image.fromarray(colorize(ramp, low, high)), (4, 10))
+    draw = ImageDraw.Draw(canvas)
+    for y, text in ticks:
         draw.line([(4 + bar_width, y), (8 + bar_width, y)], fill="black")
-        draw.text((10 + bar_width, y - 7), f"{value:.3g}", fill="black", font=font)
+        draw.text((10 + bar_width, y - 7), text, fill="black", font=font)
     if label:
         draw.text((2, 0), label, fill="black", font=font)
     return canvas
@@ -137,18 +142,25 @@ def draw_boxes(image, pred_boxes, gt_boxes, names, path, title=None, gt_names=No
         if wrong:
             raise ValueError(f"draw_boxes: {label}[{wrong[0]}] is a {type(given[wrong[0]]).__name__}, expected a "
                              f"class-name str (one per box)")
+    def label(x, y, name, fill, text_colour):
+        """A filled label at (x, y), moved inside the picture when the box is near (or past) an edge."""
+        left, top, right, bottom = draw.textbbox((0, 0), name, font=font)
+        x = min(max(x, 0), max(picture.width - (right - left) - 2, 0))
+        y = min(max(y, 0), max(picture.height - (bottom - top) - 4, 0))
+        text_box = draw.textbbox((x, y), name, font=font)
+        draw.rectangle([text_box[0] - 1, text_box[1] - 1, text_box[2] + 1, text_box[3] + 1], fill=fill)
+        draw.text((x, y), name, fill=text_colour, font=font)
+
     for box, name in zip(gt_rows, gt_names):
         scaled = [float(v) * factor for v in box]
         _dashed_rectangle(draw, scaled, (40, 220, 60), 3)
         if name:
-            draw.text((scaled[0] + 3, scaled[3] - 16), name, fill=(40, 220, 60), font=font)
+            label(scaled[0] + 3, scaled[3] - 16, name, (40, 220, 60), "black")
     for box, name in zip(pred_rows, names):
         scaled = [float(v) * factor for v in box]
         draw.rectangle(scaled, outline=(235, 40, 40), width=2)
         if name:
-            text_box = draw.textbbox((scaled[0] + 2, scaled[1] + 2), name, font=font)
-            draw.rectangle(text_box, fill=(235, 40, 40))
-            draw.text((scaled[0] + 2, scaled[1] + 2), name, fill="white", font=font)
+            label(scaled[0] + 2, scaled[1] + 2, name, (235, 40, 40), "white")
     legend = f"green dashed: truth ({len(gt_rows)}), red: predicted ({len(pred_rows)})"
     figure = _titled(picture, legend, font)
     if title:

@@ -3,7 +3,7 @@ whose ends are the ramp's end colours. Run: python -m pytest -q tests/test_metri
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from metrics.visualize import _STOPS, attention_grid, colorize, draw_boxes, heatmap_overlay
 
@@ -54,3 +54,23 @@ def test_draw_boxes_names_must_be_strings(tmp_path):
     with pytest.raises(ValueError, match=r"names\[0\] is a Tensor"):
         draw_boxes(np.zeros((8, 8)), [torch.tensor([1.0, 1.0, 4.0, 4.0])], None, [torch.tensor([1.0, 1.0, 4.0, 4.0])],
                    tmp_path / "x.png")
+
+
+def test_colour_bar_is_as_wide_as_its_longest_tick_label():
+    from metrics.visualize import _colorbar, _font
+    font = _font(14)
+    bar = np.asarray(_colorbar(200, -2.11e-5, 2.11e-5, font).convert("L")).astype(int)
+    text_width = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), "-2.11e-05", font=font)[2]
+    assert bar.shape[1] >= 10 + 16 + text_width
+    assert (bar[:, -2:] == 255).all()                       # nothing drawn up to the edge: no label cut off
+
+
+def test_box_label_near_the_right_edge_stays_inside_the_picture(tmp_path):
+    name = "enlarged cardiomediastinum"
+    path = draw_boxes(np.full((64, 64), 0.5), [np.array([54.0, 30.0, 63.0, 40.0])], None, [name], tmp_path / "edge.png")
+    picture = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    label_rows = picture[-256 + 30 * 4: -256 + 30 * 4 + 14]       # the rows of the label, just under the box top
+    red_fill = (label_rows[..., 0] > 200) & (label_rows[..., 1] < 80) & (label_rows[..., 2] < 80)
+    columns = np.where(red_fill.any(0))[0]
+    assert columns.min() < 54 * 4 - 60               # moved left of the box so the whole name fits
+    assert columns.max() < picture.shape[1]
