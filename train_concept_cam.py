@@ -151,8 +151,15 @@ def validation_metric(predictions, stage):
 # ----------------------------------------------------------------------------------------------------------
 # one stage
 
-def run_stage(cfg, stage, out_dir, resume=None, final_eval=True):
-    """Train one stage into out_dir; returns the path of its best.pt."""
+def stage_datasets(cfg):
+    """{"train", "val"} datasets of cfg; runs of one process pass them to each stage, so the phantoms are
+    generated (and cached) once, not once per stage."""
+    return {"train": build_dataset(cfg, "train", train=True), "val": build_dataset(cfg, "val")}
+
+
+def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
+    """Train one stage into out_dir; returns the path of its best.pt. datasets: stage_datasets(cfg) (built
+    here when None)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"=== concept_cam stage {stage} -> {out_dir}")
@@ -166,8 +173,9 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True):
     task_head = cfg.stage3.task_head
 
     # data
-    train_set = build_dataset(cfg, "train", train=True)
-    val_loader = epoch_loader(build_dataset(cfg, "val"), cfg.train.batch_size, cfg.train.seed, 0, shuffle=False,
+    datasets = datasets or stage_datasets(cfg)
+    train_set = datasets["train"]
+    val_loader = epoch_loader(datasets["val"], cfg.train.batch_size, cfg.train.seed, 0, shuffle=False,
                               drop_last=False, num_workers=cfg.data.num_workers)
     pos_weight = pos_weight_from_labels(training_labels(train_set, "concepts" if stage < 3 else "diseases"),
                                         cfg.loss.pos_weight_cap).to(device)
@@ -247,7 +255,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True):
                     inside_mask, has_box = batch_box_masks(batch, source, len(VINDR_CONCEPTS), images.shape[-2:],
                                                            grid, cfg.data.box_min_fraction)
                     terms = bbox_guided_concept_loss(out["cams"].float(), concepts_gt, inside_mask.to(device),
-                                                     has_box.to(device), pos_weight)
+                                                     has_box.to(device), pos_weight, cfg.loss.localization_margin)
                     loss = cfg.loss.alpha * terms["classification_loss"] + cfg.loss.beta * terms["localization_loss"]
                 elif stage == 2:  # SoftTriple on the concept vectors of present concepts
                     terms = soft_triple_loss(out["concept_vectors"].float(), out["prototypes_unit"].float(),
@@ -342,10 +350,14 @@ def compare_seed(config_path, overrides, seed, out_dir):
     The embedded default's three stages are timed (wall and this process's CPU seconds) into timing.json."""
     root, extra = Path(out_dir) / f"seed{seed}", [f"train.seed={seed}"]
 
+    shared = {}   # the five runs differ in loss / head switches only: one set of datasets
+
     def stage(folder, number, more, previous):
         if not (folder / "metrics.json").exists():
             cfg = training.load_config(config_path, overrides + extra + more)
-            run_stage(cfg, number, folder, folder / "last.pt" if (folder / "last.pt").exists() else previous)
+            shared.setdefault("datasets", stage_datasets(cfg))
+            run_stage(cfg, number, folder, folder / "last.pt" if (folder / "last.pt").exists() else previous,
+                      datasets=shared["datasets"])
         return json.loads((folder / "metrics.json").read_text()), folder / "best.pt"
 
     fresh = not (root / "box" / "stage3" / "metrics.json").exists()
@@ -445,9 +457,9 @@ def main(argv=None):
         out_dir = training.make_out_dir(args.out, SYSTEM, f"stage{args.stage}")
         return run_stage(cfg, int(args.stage), out_dir, args.resume)
     out_dir = training.make_out_dir(args.out, SYSTEM, "all")
-    previous = args.resume
+    previous, datasets = args.resume, stage_datasets(cfg)
     for stage in (1, 2, 3):
-        previous = run_stage(cfg, stage, out_dir / f"stage{stage}", previous)
+        previous = run_stage(cfg, stage, out_dir / f"stage{stage}", previous, datasets=datasets)
     return previous
 
 

@@ -183,9 +183,9 @@ def save_cam_sheet(image, cams, probs, boxes, present, path, prototype_maps=None
     box_xyxy, box_concepts = boxes
     shown = [k for k in range(len(VINDR_CONCEPTS)) if probs[k] > 0.5 or (present is not None and present[k] > 0.5)]
     shown = shown[:8] or [int(probs.argmax())]
-    rows = [("CAM", cams)] + ([("prototype cosine", prototype_maps)] if prototype_maps is not None else [])
+    rows = [("CAM", cams)] + ([("proto sim", prototype_maps)] if prototype_maps is not None else [])
     bar, legend, header = 20, 2 * TITLE_LINE + 6, 2 * TITLE_LINE + 4
-    width = max(len(shown) * (size + 4) + bar + 40, 640)
+    width = max(len(shown) * (size + 4) + bar + 40, 720)
     sheet = Image.new("RGB", (width, len(rows) * (size + header + 4) + legend), (20, 20, 20))
     for r, (kind, maps) in enumerate(rows):
         for j, k in enumerate(shown):
@@ -202,8 +202,8 @@ def save_cam_sheet(image, cams, probs, boxes, present, path, prototype_maps=None
     draw.text((x0 + bar + 3, top - 2), "max", fill=(255, 255, 255), font=font())
     draw.text((x0 + bar + 3, top + height - 12), "min", fill=(255, 255, 255), font=font())
     y = sheet.height - legend + 3
-    draw.text((3, y), "white boxes: the ground-truth boxes of the tile's concept",
-              fill=(255, 255, 255), font=font())
+    draw.text((3, y), "white boxes: the ground-truth boxes of the tile's concept; proto sim: max over the "
+              "concept's prototypes of the cosine similarity", fill=(255, 255, 255), font=font())
     draw.text((3, y + TITLE_LINE), "colours: each map scaled to its own [min, max] (values in the title); "
               "p = sigmoid(max CAM)", fill=(255, 255, 255), font=font())
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,10 @@ Design choices:
   the mean is over all h*w cells (as the seed writes it), then averaged over the selected pairs; zero (with a
   gradient path) when a batch has no such pair. Absent concepts and present concepts without boxes only get
   the classification term.
+- Margin (research brief §5 option (a)): with m > 0 the terms are mean relu(m - cam) over inside cells and
+  mean relu(cam + m) over outside cells. m = 0 is the seed's formula exactly; it has a degenerate minimum
+  at cam = 0 everywhere (both terms vanish), and with a large beta the tiny runs collapsed the CAMs there
+  (all concept probabilities 0.50; docs/concept_cam.md). loss.localization_margin sets m.
 - A grid cell is inside a box when the box covers at least `min_fraction` of the cell's area (0 = any
   overlap); a box smaller than that threshold still marks the cell of its largest overlap, so no box vanishes.
 - SoftTriple (Qian et al. 2019): for the concept vector x = v'^k of a present concept k, class scores
@@ -68,18 +72,18 @@ def boxes_to_grid_masks(boxes, box_concepts, num_concepts, image_size, grid_size
     return inside_mask, has_box
 
 
-def bbox_guided_concept_loss(cams, concepts_gt, inside_mask, has_box, pos_weight):
+def bbox_guided_concept_loss(cams, concepts_gt, inside_mask, has_box, pos_weight, margin=0.0):
     """seed 002 §5b BBoxGuidedConceptLoss, unweighted terms.
 
     cams: (B, K, h, w); concepts_gt: (B, K) 0/1; inside_mask: (B, K, h, w); has_box: (B, K) bool;
-    pos_weight: (K,). Returns a dict of named terms (scalars)."""
+    pos_weight: (K,); margin m >= 0 (0 = the seed). Returns a dict of named terms (scalars)."""
     concept_logits = cams.amax(dim=(2, 3))                                    # (B, K) global max pooling
     classification_loss = F.binary_cross_entropy_with_logits(concept_logits, concepts_gt.float(),
                                                              pos_weight=pos_weight)
     selected = has_box & (concepts_gt > 0.5)                                  # (B, K) present with a box
     outside_mask = 1.0 - inside_mask                                          # (B, K, h, w)
-    L_inside_each = F.relu(-cams * inside_mask).mean(dim=(2, 3))              # (B, K)
-    L_outside_each = F.relu(cams * outside_mask).mean(dim=(2, 3))             # (B, K)
+    L_inside_each = (F.relu(margin - cams) * inside_mask).mean(dim=(2, 3))    # (B, K)
+    L_outside_each = (F.relu(cams + margin) * outside_mask).mean(dim=(2, 3))  # (B, K)
     count = selected.sum()
     if count > 0:
         L_inside = L_inside_each[selected].mean()

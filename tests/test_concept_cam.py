@@ -147,6 +147,15 @@ def test_localization_loss_matches_hand_computation():
     softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
     expected = (2.0 * softplus(-2.0) + softplus(4.0)) / 2
     assert terms["classification_loss"].item() == pytest.approx(expected, rel=1e-6)
+    # margin m = 1: inside relu(1 - cam) = 2, 0.5 -> 2.5 / 4; outside relu(cam + 1) = 3, 0 -> 3 / 4
+    with_margin = bbox_guided_concept_loss(cams, concepts, inside, has_box, torch.tensor([2.0, 1.0]), margin=1.0)
+    assert with_margin["L_inside"].item() == pytest.approx(0.625)
+    assert with_margin["L_outside"].item() == pytest.approx(0.75)
+    # m = 0 has the degenerate minimum the margin removes: an all-zero CAM costs nothing
+    zero = torch.zeros_like(cams)
+    assert bbox_guided_concept_loss(zero, concepts, inside, has_box, torch.ones(2))["localization_loss"].item() == 0.0
+    assert bbox_guided_concept_loss(zero, concepts, inside, has_box, torch.ones(2),
+                                    margin=1.0)["localization_loss"].item() == pytest.approx(1.0)  # 2/4 + 2/4
     # no present concept with a box: localization is exactly zero
     none = bbox_guided_concept_loss(cams, torch.tensor([[0.0, 0.0]]), inside, has_box, torch.ones(2))
     assert none["localization_loss"].item() == 0.0
