@@ -7,9 +7,9 @@ Design choices:
 - When the text width differs from the query width the vectors are cut / zero-padded and rescaled to the
   Xavier norm; at both scales the widths agree (768 / 128), so this is a guard, not the normal path.
 - `center=True` (the tiny default; off in the paper config, where it is an untested option): subtract the
-  mean of the 14 vectors and rescale each to the norm of a Xavier row. A BERT's [CLS] vectors are
-  anisotropic: for the tiny hub's BERT the 14 raw vectors have pairwise cosine 0.96 (min 0.82) and norm
-  11.2 against 1.4 for a Xavier row, so the 14 queries start nearly identical, read the patches alike and
+  mean of the 14 vectors and rescale each to the mean norm of the raw vectors (the scale the seed takes
+  as is). A BERT's [CLS] vectors are anisotropic: for the tiny hub's BERT the 14 raw vectors have
+  pairwise cosine 0.96 (min 0.82), so the 14 queries start nearly identical, read the patches alike and
   the shared auxiliary head cannot tell them apart. Centering keeps what separates the conditions in the
   BERT space (their differences) and drops the shared offset.
 - `init="xavier"` is the ablation without BERT initialization.
@@ -56,8 +56,9 @@ class ConditionQueries(nn.Module):
             fitted[:, :n] = vectors[:, :n]
             vectors = fitted * (xavier_norm / fitted.norm(dim=1, keepdim=True).clamp_min(1e-6))
         if center:
+            scale = vectors.norm(dim=1).mean()                                             # raw [CLS] norm
             vectors = vectors - vectors.mean(dim=0, keepdim=True)                          # (Q, D)
-            vectors = vectors * (xavier_norm / vectors.norm(dim=1, keepdim=True).clamp_min(1e-6))
+            vectors = vectors * (scale / vectors.norm(dim=1, keepdim=True).clamp_min(1e-6))
         self.queries.copy_(vectors)
 
     def forward(self, batch_size):
