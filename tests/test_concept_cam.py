@@ -1,6 +1,6 @@
 """Tests of the Concept CAM model and losses (models/concept_cam.py, models/concept_losses.py).
 
-Run:  /work/venv/bin/python -m pytest -q tests/test_concept_cam.py        (a few seconds, no hub build)
+Run:  python -m pytest -q tests/test_concept_cam.py        (a few seconds, no hub build)
 
 Each test checks behaviour that could fail: the feature-map order against the token order, the max-pool tie
 between CAMs and logits (values and gradient), the seed 002 §5b localization loss and the box rasterization

@@ -1,7 +1,8 @@
-"""Tests of train_concept_cam.py: smoke runs of each stage, stage freezing, exact resume, evaluation outputs.
+"""Tests of train_concept_cam.py: smoke runs of each stage, stage freezing, the stage-1 backbone lr scale, exact
+resume, cached stage-2 features, the VinDr-CXR / NIH file layouts, the --compare table, evaluation outputs.
 
-Run:  /work/venv/bin/python -m pytest -q tests/test_concept_cam_train.py     (~40 s on 2 idle cores; uses the
-      tiny hub's mae-vit, built on first use)
+Run:  python -m pytest -q tests/test_concept_cam_train.py     (both concept-cam test files: 75 s on the shared
+      2-core box at load ~5; uses the tiny hub's mae-vit, built on first use)
 
 The runs are tiny (64 px phantoms -> a 4 x 4 grid, 32 training images, one epoch per stage); they check the
 mechanics, not accuracy (docs/concept_cam.md has the measured phantom numbers).
