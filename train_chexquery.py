@@ -39,6 +39,7 @@ from tqdm import tqdm
 import training
 from data.loader import batches_per_epoch, epoch_loader
 from data.sample import DataError
+from metrics.summary import mean_std
 from models.chexquery import PHASE_TRAINABLE, ChexQuery, ChexQueryConfig, chexquery_losses, parameter_table
 from models.text_decoder import encode_targets, prompt_prefix
 
@@ -500,9 +501,9 @@ def run_ablation(args):
     for variant, runs in rows.items():
         cells = []
         for key in ABLATION_COLUMNS:
-            values = np.array([r.get(key, float("nan")) for r in runs], dtype=float)
-            summary[f"{variant}/{key}"] = [float(v) for v in values]
-            cells.append(f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else ""))
+            values = [float(r.get(key, float("nan"))) for r in runs]
+            summary[f"{variant}/{key}"] = values
+            cells.append(mean_std(values))
         lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
     for name in ("template_frequent", "template_normal"):
         lines.append(f"| {name} (constant) | - | " + " | ".join(

@@ -45,6 +45,7 @@ from data.labels import NIH_BOX_CLASSES, VINDR_CONCEPTS
 from data.loader import SeededDataset, batches_per_epoch, epoch_loader
 from data.phantom import DETAIL_TO_VINDR, PHANTOM_TO_VINDR, phantom_split
 from data.transforms import build_transform
+from metrics.summary import mean_std
 from models.concept_cam import (MEDMAE_MEAN, MEDMAE_STD, ConceptCAM, ConceptCamConfig, feature_map,
                                  trainable_patterns)
 from models.concept_losses import (bbox_guided_concept_loss, boxes_to_grid_masks, disease_loss,
@@ -408,26 +409,22 @@ def compare(config_path, overrides, seeds, out_dir, jobs=1):
     runs = {arm: [r[arm] for r in per_seed] for arm in per_seed[0]}
     timing = [json.loads(p.read_text()) for p in sorted(out_dir.glob("seed*/timing.json"))]
 
-    def cell(values):
-        values = torch.tensor(values, dtype=torch.float64)
-        return "n/a" if len(values) == 0 else (f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1
-                                               else f"{values.mean():.3f}")
-
     def table(title, keys, arms):
         lines = [f"| {title} | " + " | ".join(label for label, _ in arms) + " |", "|---|" + "---|" * len(arms)]
         for key in keys:
-            lines.append(f"| {key} | " + " | ".join(cell([m[key] for m in runs[name] if key in m])
+            lines.append(f"| {key} | " + " | ".join(mean_std([m[key] for m in runs[name] if key in m])
                                                     for _, name in arms) + " |")
         return lines
 
     n = f"n={seeds}"
-    lines = table(f"stage 1 (test, {n})", STAGE1_KEYS, [("box guidance (beta=1)", "box"),
+    beta = training.load_config(config_path, overrides).loss.beta
+    lines = table(f"stage 1 (test, {n})", STAGE1_KEYS, [(f"box guidance (beta={beta:g})", "box"),
                                                       ("no box guidance (beta=0)", "nobox")])
     lines += [""] + table(f"stage 3 (test, {n})", STAGE3_KEYS, [("prototype head (CSR)", "prototype"),
                                                               ("linear head on the backbone", "linear")])
     if timing:
-        lines += ["", f"embedded default, all three stages: wall {cell([t['wall_s'] for t in timing])} s, "
-                      f"CPU {cell([t['cpu_s'] for t in timing])} s (per seed, as timed when it ran)"]
+        lines += ["", f"embedded default, all three stages: wall {mean_std([t['wall_s'] for t in timing])} s, "
+                      f"CPU {mean_std([t['cpu_s'] for t in timing])} s (per seed, as timed when it ran)"]
     (out_dir / "comparison.json").write_text(json.dumps({"runs": runs, "timing": timing}, indent=1))
     (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -42,6 +42,7 @@ import training
 from data.captions import DetectionCaptionDataset
 from data.loader import batches_per_epoch, epoch_loader
 from data.transforms import build_transform
+from metrics.summary import mean_std
 from models.vl_encoder import TextEncoder, WsrpnVL
 from models.vl_losses import ContrastiveVLLoss, LossWeightScheduler, gaussian_entropy, gaussian_scale, vl_consistency
 from models.wsrpn import WSRPN, WsrpnConfig, extract_boxes
@@ -367,9 +368,7 @@ def compare(argv, seeds, out_dir, jobs=1):
     for key in COMPARE_KEYS:
         cells = []
         for arm in table:
-            values = torch.tensor(table[arm][key], dtype=torch.float64)
-            cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1 else
-                         (f"{values.mean():.3f}" if len(values) else "n/a"))
+            cells.append(mean_std(table[arm][key]))
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     (out_dir / "comparison.json").write_text(json.dumps(table, indent=1))
     (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")

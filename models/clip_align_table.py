@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import training
+from metrics.summary import mean_std
 
 ROWS = [  # (id, method, switches)
     ("B0", "reference: CE only", ["model.map_guided=false", "loss.clip_weight=0", "model.lambda_token=0"]),
@@ -36,14 +37,6 @@ COLUMNS = [("accuracy", "Acc"), ("f1_macro", "macro F1"),
            ("retrieval_r1_a2v", "R@1 a2v"), ("retrieval_r5_a2v", "R@5 a2v"),
            ("align_sim_gap", "D2 sim gap"), ("align_sim_corr", "D2 corr"),
            ("saliency_on_evidence", "saliency on evidence")]
-
-
-def _mean_std(values):
-    v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
-    if len(v) == 0:
-        return "n/a"
-    text = f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
-    return text + (f" (n={len(v)})" if len(v) < len(values) else "")
 
 
 def _nanmean(values):
@@ -83,7 +76,7 @@ def run_table(args, train):
     means = {}
     for row_id, method, switches in ROWS:
         runs = results[row_id]
-        cells = [_mean_std([m.get(f"test/{key}", math.nan) for m in runs]) for key, _ in COLUMNS]
+        cells = [mean_std([m.get(f"test/{key}", math.nan) for m in runs]) for key, _ in COLUMNS]
         means[row_id] = {key: _nanmean([m.get(f"test/{key}", math.nan) for m in runs]) for key, _ in COLUMNS}
         lines.append(f"| {row_id} | {method} | {' '.join('`' + s + '`' for s in switches)} | " + " | ".join(cells) + " |")
     Path(args.table).write_text("\n".join(lines) + "\n")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import training
+from metrics.summary import mean_std
 
 COLUMNS = [("t2i/R@1", "t2i R@1"), ("t2i/R@10", "t2i R@10"), ("i2t/R@1", "i2t R@1"), ("i2t/R@10", "i2t R@10"),
            ("masked/t2i/R@1", "masked t2i R@1"), ("zeroshot/auroc/mean", "zero-shot mean AUROC"),
@@ -25,14 +26,6 @@ COLUMNS = [("t2i/R@1", "t2i R@1"), ("t2i/R@10", "t2i R@10"), ("i2t/R@1", "i2t R@
            ("mask/box_patch_auroc", "box-patch AUROC of z")]
 SWITCHES = {"A": "global CLIP", "B": "+ local align", "C": "+ Patch-IB (soft mask)", "D": "+ soft top-K",
             "E": "+ hard token drop"}
-
-
-def mean_std(values):
-    v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
-    if len(v) == 0:
-        return "—"
-    text = f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
-    return text + (f" (n={len(v)})" if len(v) < len(values) else "")
 
 
 def run_table(args, train):
@@ -77,7 +70,7 @@ def run_table(args, train):
     means = {}
     for variant in args.variants:
         seeds = results[variant]
-        cells = [mean_std([m.get(f"test/{key}", math.nan) for m in seeds]) for key, _ in COLUMNS]
+        cells = [mean_std([m.get(f"test/{key}", math.nan) for m in seeds], missing="—") for key, _ in COLUMNS]
         means[variant] = {key: float(np.nanmean([m.get(f"test/{key}", math.nan) for m in seeds]))
                           if any(f"test/{key}" in m for m in seeds) else math.nan for key, _ in COLUMNS}
         lines.append(f"| {variant} | {SWITCHES.get(variant, '')} | {len(seeds)} | " + " | ".join(cells) + " |")
