@@ -6,7 +6,7 @@ Design choices:
   tiny scale, both via models.pretrained.load_hf). The encoder is used once and then dropped.
 - When the text width differs from the query width the vectors are cut / zero-padded and rescaled to the
   Xavier norm; at both scales the widths agree (768 / 128), so this is a guard, not the normal path.
-- `center=True` (the tiny default; off in the paper config, where it is an untested option): subtract the
+- `center=True` (an option, `model.condition_center`; off in both configs, the seed takes the raw vectors): subtract the
   mean of the 14 vectors and rescale each to the mean norm of the raw vectors (the scale the seed takes
   as is). A BERT's [CLS] vectors are anisotropic: for the tiny hub's BERT the 14 raw vectors have
   pairwise cosine 0.96 (min 0.82), so the 14 queries start nearly identical, read the patches alike and
