@@ -157,8 +157,8 @@ def load_tokenizer_for(cfg, checkpoint=None):
     if checkpoint is not None and checkpoint.get("tokenizer_files"):
         import tempfile
         from transformers import AutoTokenizer
-        directory = training.write_tokenizer_files(checkpoint["tokenizer_files"], tempfile.mkdtemp(prefix="chexquery-tok-"))
-        return AutoTokenizer.from_pretrained(directory)
+        with tempfile.TemporaryDirectory(prefix="chexquery-tok-") as directory:   # loaded into memory, then removed
+            return AutoTokenizer.from_pretrained(training.write_tokenizer_files(checkpoint["tokenizer_files"], directory))
     from models.text_decoder import TextDecoderConfig, load_tokenizer
     return load_tokenizer(TextDecoderConfig(**dict(cfg.model.decoder)))
 
