@@ -265,7 +265,7 @@ BOX_COLOURS = [(255, 64, 64), (255, 160, 0), (80, 200, 255), (255, 255, 0), (0, 
                (255, 120, 200), (120, 255, 255), (255, 255, 255), (160, 255, 80), (255, 200, 140), (100, 140, 255)]
 
 
-def preview(path, n=12, size=256, seed=0, columns=4, report_lines=9, finding_names=None):
+def preview(path, n=12, size=256, seed=0, columns=4, report_lines=11, finding_names=None):
     """Save a grid of n phantoms with coloured, named boxes and a wrapped report excerpt under each tile."""
     text_height, chars = 11 * report_lines + 4, max(20, size // 6)
     rows = math.ceil(n / columns)
@@ -279,7 +279,12 @@ def preview(path, n=12, size=256, seed=0, columns=4, report_lines=9, finding_nam
             colour = BOX_COLOURS[int(label)]
             x1, y1, x2, y2 = (float(v) for v in box)
             draw.rectangle([left + x1, top + y1, left + x2 - 1, top + y2 - 1], outline=colour)
-            draw.text((left + x1 + 2, top + y1 + 1), PHANTOM_FINDINGS[int(label)], fill=colour)
+            name = PHANTOM_FINDINGS[int(label)]
+            width, height = draw.textbbox((0, 0), name)[2:]
+            x = max(left, min(left + x1 + 2, left + size - width - 2))       # the label stays inside its tile
+            y = min(top + y1 + 1, top + size - height - 3)
+            draw.rectangle([x - 1, y - 1, x + width + 1, y + height + 1], fill=(24, 24, 24))
+            draw.text((x, y), name, fill=colour)
         draw.text((left + 2, top + 2), phantom["id"], fill=(255, 255, 255))
         lines = textwrap.wrap(phantom["report"], chars)[:report_lines]
         draw.multiline_text((left, top + size + 3), "\n".join(lines), fill=(220, 220, 220), spacing=1)

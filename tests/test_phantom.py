@@ -318,6 +318,19 @@ def test_preview_writes_a_png(tmp_path):
     assert image.size[0] == 2 * (64 + 8) and image.mode == "RGB"
 
 
+def test_preview_box_labels_stay_inside_their_tile(tmp_path):
+    # seed 0's first 12 phantoms hold boxes at the right edge of the lung field (phantom-0-8: pleural thickening);
+    # their names used to run past the tile into the dark gap between tiles
+    size, columns = 256, 4
+    sheet = np.asarray(Image.open(preview(tmp_path / "grid.png", n=12, size=size, seed=0, columns=columns)))
+    tile_height = (sheet.shape[0]) // 3                                   # 3 rows of tiles: image + report text
+    for row in range(3):
+        for column in range(columns):
+            top, left = row * tile_height + 4, column * (size + 8) + 4
+            gap = sheet[top:top + size, left + size:left + size + 8]      # beside the picture, not its text
+            assert (gap == 24).all(), f"something drawn right of tile ({row}, {column})"
+
+
 @pytest.mark.parametrize("seed, index, size, names", [
     (7, 2539, 128, None),  # segmental atelectasis under a severely enlarged heart
     (11, 1241, 64, ["cardiomegaly", "atelectasis"]),  # linear atelectasis, heart covering the medial lung
