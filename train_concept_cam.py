@@ -385,26 +385,13 @@ def compare(config_path, overrides, seeds, out_dir, jobs=1):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if jobs > 1:
-        import subprocess
-        import sys
         folders = ("box/stage1", "box/stage2", "box/stage3", "box/stage3_linear", "nobox/stage1")
         pending = [s for s in range(seeds) if not all((out_dir / f"seed{s}" / f / "metrics.json").exists()
                                                       for f in folders)]
-        running = []
-        while pending or running:
-            while pending and len(running) < jobs:
-                seed = pending.pop(0)
-                with open(out_dir / f"seed{seed}.log", "w") as log:
-                    command = [sys.executable, str(Path(__file__).resolve()), "--config", str(config_path),
-                               "--compare-seed", str(seed), "--out", str(out_dir), *overrides]
-                    running.append((seed, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)))
-                print(f"compare: seed {seed} started (log {out_dir / f'seed{seed}.log'})")
-            time.sleep(2)
-            for seed, process in [r for r in running if r[1].poll() is not None]:
-                running.remove((seed, process))
-                print(f"compare: seed {seed} finished (exit {process.returncode})")
-                if process.returncode:
-                    raise RuntimeError(f"compare: seed {seed} failed; see {out_dir / f'seed{seed}.log'}")
+        script = str(Path(__file__).resolve())
+        training.run_processes([(f"compare: seed {seed}", [script, "--config", str(config_path), "--compare-seed",
+                                                           str(seed), "--out", str(out_dir), *overrides],
+                                 out_dir / f"seed{seed}.log") for seed in pending], jobs, stop_on_failure=True)
     per_seed = [compare_seed(config_path, overrides, seed, out_dir) for seed in range(seeds)]  # reused if done
     runs = {arm: [r[arm] for r in per_seed] for arm in per_seed[0]}
     timing = [json.loads(p.read_text()) for p in sorted(out_dir.glob("seed*/timing.json"))]

@@ -339,22 +339,9 @@ def compare(argv, seeds, out_dir, jobs=1):
         for _, run_argv in todo:
             main(run_argv)
     else:
-        import subprocess
-        import sys
-        pending, running = list(todo), []
-        while pending or running:
-            while pending and len(running) < jobs:
-                run_dir, run_argv = pending.pop(0)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                with open(run_dir / "stdout.log", "w") as log:
-                    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *run_argv],
-                                               stdout=log, stderr=subprocess.STDOUT)
-                running.append((process, run_dir.name))
-                print(f"compare: started {run_dir.name}")
-            time.sleep(2)
-            for process, name in [r for r in running if r[0].poll() is not None]:
-                running.remove((process, name))
-                print(f"compare: {name} finished (exit {process.returncode})")
+        script = str(Path(__file__).resolve())
+        training.run_processes([(f"compare: {run_dir.name}", [script, *run_argv], run_dir / "stdout.log")
+                                for run_dir, run_argv in todo], jobs)
     table = {}
     for index, (arm, _) in enumerate(COMPARE_ARMS):
         runs = []

@@ -17,6 +17,7 @@ The training loop itself stays written out in each script; this module holds the
 - `RunLogger`: JSONL lines in `out_dir/log.jsonl` plus one printed line per log interval.
 - `check_finite`: raises `NonFiniteLoss` with the step and every loss term, before backward, so the run
   stops without touching the last good checkpoint.
+- `run_processes`: the `--jobs` of the comparison tables: python commands as subprocesses, J at a time.
 """
 import argparse
 import contextlib
@@ -454,3 +455,31 @@ class RunLogger:
 def tqdm_write(text):
     from tqdm import tqdm
     tqdm.write(text)
+
+
+# ----------------------------------------------------------------------------------------------------
+# comparison runs as separate processes (--jobs)
+
+def run_processes(commands, jobs, stop_on_failure=False, poll_seconds=2.0):
+    """commands: [(name, argv, log_path)]; each runs as `python *argv` with stdout and stderr in its log file,
+    at most `jobs` at once, in order. Prints a line as each starts and ends. stop_on_failure: raise as soon as
+    one exits non-zero (the others keep running). -> {name: exit code}."""
+    import subprocess
+    pending, running, codes = list(commands), [], {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, argv, log_path = pending.pop(0)
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "w") as log:
+                running.append((name, log_path, subprocess.Popen([sys.executable, *argv], stdout=log,
+                                                                 stderr=subprocess.STDOUT)))
+            print(f"{name} started (log {log_path})")
+        time.sleep(poll_seconds)
+        for entry in [r for r in running if r[2].poll() is not None]:
+            running.remove(entry)
+            name, log_path, process = entry
+            codes[name] = process.returncode
+            print(f"{name} finished (exit {process.returncode})")
+            if process.returncode and stop_on_failure:
+                raise RuntimeError(f"{name} failed (exit {process.returncode}); see {log_path}")
+    return codes

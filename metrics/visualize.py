@@ -11,6 +11,7 @@ Images: torch (3, H, W) / (1, H, W) / (H, W) or numpy (H, W, 3) / (H, W); values
 they are, any other range is min-max scaled for display. Small images are upscaled (nearest) so the
 shorter side is at least 256 px. Boxes are xyxy in image pixels. Every function returns the path it wrote.
 """
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ _STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [2
 MIN_SIDE = 256
 
 
+@functools.lru_cache(maxsize=None)   # one font object per size, not one per label
 def _font(size=14):
     try:
         return ImageFont.load_default(size=size)

@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from data.labels import VINDR_CONCEPTS, VINDR_DISEASES
 from data.loader import epoch_loader
+from metrics.visualize import _font
 
 IOU_THRESHOLDS = (0.1, 0.25, 0.5)
 
@@ -143,13 +144,6 @@ def colour_map(values):
     return (stops[low[..., 0]] * (1 - frac) + stops[low[..., 0] + 1] * frac).astype(np.uint8)
 
 
-def font(size=12):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def overlay_tile(image, grid_map, boxes, lines, size=192):
     """image (3, H, W) normalized; grid_map (h, w) -> PIL tile: the map (min-max over this tile) over the
     image, the boxes in white, and a 2-line title above."""
@@ -170,7 +164,7 @@ def overlay_tile(image, grid_map, boxes, lines, size=192):
     framed.paste(tile, (0, header))
     draw = ImageDraw.Draw(framed)
     for i, line in enumerate(lines):
-        draw.text((3, 2 + i * TITLE_LINE), line, fill=(255, 255, 255), font=font())
+        draw.text((3, 2 + i * TITLE_LINE), line, fill=(255, 255, 255), font=_font(12))
     return framed
 
 
@@ -199,13 +193,13 @@ def save_cam_sheet(image, cams, probs, boxes, present, path, prototype_maps=None
     draw = ImageDraw.Draw(sheet)
     x0, top, height = len(shown) * (size + 4) + 4, header, len(rows) * (size + header + 4) - header - 8
     sheet.paste(Image.fromarray(colour_map(np.linspace(1, 0, height)[:, None].repeat(bar, 1))), (x0, top))
-    draw.text((x0 + bar + 3, top - 2), "max", fill=(255, 255, 255), font=font())
-    draw.text((x0 + bar + 3, top + height - 12), "min", fill=(255, 255, 255), font=font())
+    draw.text((x0 + bar + 3, top - 2), "max", fill=(255, 255, 255), font=_font(12))
+    draw.text((x0 + bar + 3, top + height - 12), "min", fill=(255, 255, 255), font=_font(12))
     y = sheet.height - legend + 3
     draw.text((3, y), "white boxes: the ground-truth boxes of the tile's concept; proto sim: max over the "
-              "concept's prototypes of the cosine similarity", fill=(255, 255, 255), font=font())
+              "concept's prototypes of the cosine similarity", fill=(255, 255, 255), font=_font(12))
     draw.text((3, y + TITLE_LINE), "colours: each map scaled to its own [min, max] (values in the title); "
-              "p = sigmoid(max CAM)", fill=(255, 255, 255), font=font())
+              "p = sigmoid(max CAM)", fill=(255, 255, 255), font=_font(12))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path

@@ -248,3 +248,13 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
         training.atomic_write_bytes(path, b"half")
     assert path.read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_run_processes_runs_each_command_logs_it_and_reports_exit_codes(tmp_path):
+    commands = [(f"job{i}", ["-c", f"import sys; print('out {i}'); sys.exit({i % 2})"], tmp_path / f"job{i}.log")
+                for i in range(3)]
+    codes = training.run_processes(commands, jobs=2, poll_seconds=0.05)
+    assert codes == {"job0": 0, "job1": 1, "job2": 0}
+    assert [(tmp_path / f"job{i}.log").read_text().strip() for i in range(3)] == ["out 0", "out 1", "out 2"]
+    with pytest.raises(RuntimeError, match=r"job1 failed \(exit 1\); see .*job1\.log"):
+        training.run_processes(commands, jobs=1, stop_on_failure=True, poll_seconds=0.05)
