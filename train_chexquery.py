@@ -102,7 +102,8 @@ def build_dataset(cfg, split, transform_train=None):
     if d.source == "phantom":
         from data.phantom import phantom_split
         count = {"train": d.num_train, "val": d.num_val, "test": d.num_test}[split]
-        dataset = phantom_split(split, count, d.image_size, transform=transform, cache=True)
+        dataset = phantom_split(split, count, d.image_size, transform=transform, cache=True,
+                                cache_dir=d.get("phantom_cache_dir"))
         dataset.label_source = "phantom label vectors" if d.aux_labels == "dataset" else "rule labeler on the report"
         return dataset
     if d.source == "iu_xray":

@@ -70,7 +70,7 @@ def build_dataset(cfg, split, train=False):
     if d.dataset == "phantom":
         count = {"train": d.num_train, "val": d.num_val, "test": d.num_test}[split]
         return phantom_split(split, count, size, transform=transform, healthy_fraction=d.healthy_fraction,
-                             cache=d.cache and d.num_workers == 0)
+                             cache=d.cache and d.num_workers == 0, cache_dir=d.get("phantom_cache_dir"))
     if d.dataset == "vindr":
         from data.vindr import VinDrDataset
         return VinDrDataset(d.root, split, transform, aggregation=d.aggregation, image_format=d.image_format,

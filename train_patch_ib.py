@@ -46,7 +46,7 @@ def build_dataset(cfg, split):
     if d.source == "phantom":
         from data.phantom import phantom_split
         n = {"train": d.num_train, "val": d.num_val, "test": d.num_test}[split]
-        return phantom_split(split, n, d.image_size)
+        return phantom_split(split, n, d.image_size, cache_dir=d.get("phantom_cache_dir"))
     if d.source == "mimic_master":
         from data.mimic_cxr import MimicMasterDataset
         from data.transforms import build_transform

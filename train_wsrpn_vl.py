@@ -61,7 +61,7 @@ def build_dataset(cfg, split):
     if d.dataset == "phantom":
         from data.phantom import phantom_split
         count = {"train": d.train_samples, "val": d.val_samples, "test": d.test_samples}[split]
-        return DetectionCaptionDataset(phantom_split(split, count, d.image_size), d.classes, "phantom", d.caption,
+        return DetectionCaptionDataset(phantom_split(split, count, d.image_size, cache_dir=d.get("phantom_cache_dir")), d.classes, "phantom", d.caption,
                                        boxes_only=evaluation, cache=True, progress=f"phantoms {split}")
     transform = build_transform(False, d.image_size, mean=(0.0,) * 3, std=(1.0,) * 3, resize="stretch")
     if d.dataset == "nih" or (d.dataset == "mimic" and evaluation):

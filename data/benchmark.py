@@ -5,14 +5,16 @@
 Measured in one run, on this machine:
 1. phantom generation, one process, images/s at 128 and 224 px (no transform);
 2. the training DataLoader (phantoms, batch 16, 128 px, the seeded wrapper, collate) with 0 and 2 workers,
-   and with 0 workers from the dataset's in-memory cache (ChestPhantomDataset(cache=True), epochs >= 2);
+   with 0 workers from the dataset's in-memory cache (ChestPhantomDataset(cache=True), epochs >= 2), and
+   with 2 workers from its disk cache (ChestPhantomDataset(cache_dir=...), filled by a first pass);
 3. a reference tiny training step at the same batch: a ViT of the tiny-hub size (128 px, patch 16,
    width 128, 4 blocks) forward + backward + AdamW step, on one fixed batch and then fed by the
-   2-worker loader (if the two rates agree, loading does not limit training).
+   2-worker loaders (if the two rates agree, loading does not limit training).
 The ratio (loader samples/s) / (training samples/s) is the figure that matters: >= 10 means loading
 never limits the tiny runs. Both sides compete for the same 2 cores, as they do in a real run.
 """
 import argparse
+import tempfile
 import time
 
 import torch
@@ -80,7 +82,18 @@ def main():
         cached[i]
     rows.append((f"DataLoader {args.size} px, batch {args.batch_size}, 0 workers, cache=True (epochs >= 2)",
                  loader_rate(SeededDataset(cached, seed=0), args.batch_size, 0, batches=40)))
-    train = training_rate(args.batch_size, args.size, steps=20)
+    with tempfile.TemporaryDirectory(prefix="phantom-cache-") as cache_dir:
+        on_disk = ChestPhantomDataset(len(cached), image_size=args.size, seed=0, cache_dir=cache_dir)
+        start = time.perf_counter()
+        for i in range(len(on_disk)):  # first epoch: generate and write
+            on_disk[i]
+        rows.append((f"phantom generation {args.size} px + disk-cache write, 1 process",
+                     len(on_disk) / (time.perf_counter() - start)))
+        rows.append((f"DataLoader {args.size} px, batch {args.batch_size}, 2 workers, cache_dir (epochs >= 2)",
+                     loader_rate(SeededDataset(on_disk, seed=0), args.batch_size, 2, batches=40)))
+        train = training_rate(args.batch_size, args.size, steps=20)
+        fed_disk = training_rate(args.batch_size, args.size, steps=20, loader=epoch_loader(
+            SeededDataset(on_disk, seed=0), args.batch_size, seed=0, epoch=1, num_workers=2))
     rows.append((f"tiny ViT train step {args.size} px, batch {args.batch_size}, fixed batch", train))
     fed = training_rate(args.batch_size, args.size, steps=20,
                         loader=epoch_loader(data, args.batch_size, seed=0, epoch=1, num_workers=2))
@@ -88,6 +101,7 @@ def main():
     fed_cache = training_rate(args.batch_size, args.size, steps=20,
                               loader=epoch_loader(SeededDataset(cached, seed=0), args.batch_size, seed=0, epoch=1))
     rows.append(("the same step fed by the cached 0-worker DataLoader", fed_cache))
+    rows.append(("the same step fed by the disk-cached 2-worker DataLoader", fed_disk))
 
     print("| what | samples/s | x training |\n|---|---:|---:|")
     for name, rate in rows:

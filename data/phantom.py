@@ -2,7 +2,7 @@
 
     make_chest_phantom(seed, index, size) -> dict of numpy values (one sample, no storage)
     ChestPhantomDataset(num_samples, image_size=224, seed=0, start_index=0, transform=None,
-                        healthy_fraction=0.3) -> sample dicts of data/sample.py
+                        healthy_fraction=0.3, cache=False, cache_dir=None) -> sample dicts of data/sample.py
     phantom_split(split, num_samples, image_size, **kw) -> dataset with the split's seed
     python -m data.phantom --preview /tmp/phantom_preview.png [--n 12] [--size 256] [--seed 0]
     python -m data.phantom --benchmark          (images/s at 128 and 224 px, one process)
@@ -43,7 +43,11 @@ Label rules (all derived from the finding list, so they agree with the picture a
   that no positive disease explains (DISEASE_EXPLAINS); No finding <- no concept at all.
 """
 import argparse
+import functools
+import hashlib
 import math
+import os
+import pickle
 import textwrap
 import time
 
@@ -143,6 +147,19 @@ def vindr_diseases(concepts):
 # ------------------------------------------------------------------------------------------------------------
 # one phantom
 
+GENERATOR_FILES = ("phantom.py", "phantom_anatomy.py", "phantom_draw.py", "phantom_report.py", "labels.py")
+
+
+@functools.lru_cache(maxsize=1)
+def generator_hash():
+    """12 hex digits of sha1 over the source of the modules that make a phantom (the disk-cache key)."""
+    digest = hashlib.sha1()
+    for name in GENERATOR_FILES:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
 def check_size(size):
     if not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"data/phantom.py: image size must be an integer from {MIN_SIZE} to {MAX_SIZE} px "
@@ -199,6 +216,10 @@ class ChestPhantomDataset(torch.utils.data.Dataset):
     cache=True keeps each generated phantom (numpy, before the transform) in this process, so epochs after
     the first skip the generation: ~1 ms per image at 128 px. Use it with num_workers=0 (a worker's cache
     dies with the worker at the end of each epoch); memory is about 100 KB per 128-px image.
+    cache_dir=PATH keeps them on disk instead (one pickle per phantom, ~30 KB at 128 px with bit-packed masks, written atomically),
+    shared by DataLoader workers, epochs and runs: the first read of an index generates and writes it, every
+    later read loads the file. Files sit under PATH/<generator key>/, the key naming size, healthy fraction
+    and a hash of the generator's source files, so a changed generator never reads stale phantoms.
     """
 
     label_names = CHEXPERT_LABELS
@@ -208,13 +229,41 @@ class ChestPhantomDataset(torch.utils.data.Dataset):
     region_names = ANATOMY_REGIONS
 
     def __init__(self, num_samples, image_size=224, seed=0, start_index=0, transform=None, healthy_fraction=0.3,
-                 cache=False):
+                 cache=False, cache_dir=None):
         if num_samples < 0:
             raise ValueError(f"data/phantom.py: num_samples must be >= 0, got {num_samples}")
         self.num_samples, self.image_size = int(num_samples), check_size(image_size)
         self.seed, self.start_index = int(seed), int(start_index)
         self.transform, self.healthy_fraction = transform, healthy_fraction
         self.cache = {} if cache else None
+        self.cache_dir = None
+        if cache_dir:
+            key = f"{self.image_size}px-healthy{healthy_fraction:g}-{generator_hash()}"
+            self.cache_dir = os.path.join(os.path.expanduser(str(cache_dir)), key)
+            os.makedirs(self.cache_dir, exist_ok=True)
+
+    def generate(self, index):
+        """The phantom of `index` (numpy dict): from the disk cache when it has it, else made (and stored)."""
+        if self.cache_dir is None:
+            return make_chest_phantom(self.seed, self.start_index + index, self.image_size, self.healthy_fraction)
+        path = os.path.join(self.cache_dir, f"{self.seed}-{self.start_index + index}.pkl")
+        try:
+            with open(path, "rb") as f:
+                stored = pickle.load(f)
+            masks = np.unpackbits(stored["region_masks"], count=stored.pop("mask_count"))
+            stored["region_masks"] = masks.reshape(len(ANATOMY_REGIONS), self.image_size, self.image_size).astype(bool)
+            return stored
+        except FileNotFoundError:
+            pass
+        except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, KeyError) as error:
+            print(f"[phantom cache] {path}: unreadable ({error}); regenerating it")
+        phantom = make_chest_phantom(self.seed, self.start_index + index, self.image_size, self.healthy_fraction)
+        temp = f"{path}.{os.getpid()}.tmp"  # workers may write the same index: each its own temp, then rename
+        stored = dict(phantom, region_masks=np.packbits(phantom["region_masks"]), mask_count=phantom["region_masks"].size)
+        with open(temp, "wb") as f:  # masks bit-packed: 12 KB instead of 98 KB at 128 px
+            pickle.dump(stored, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(temp, path)
+        return phantom
 
     def __len__(self):
         return self.num_samples
@@ -227,7 +276,7 @@ class ChestPhantomDataset(torch.utils.data.Dataset):
             phantom = {key: value.copy() if isinstance(value, np.ndarray) else value for key, value in phantom.items()}
             phantom["findings"] = [dict(finding) for finding in phantom["findings"]]  # the cache stays untouched
         else:
-            phantom = make_chest_phantom(self.seed, self.start_index + index, self.image_size, self.healthy_fraction)
+            phantom = self.generate(index)
             if self.cache is not None:
                 self.cache[index] = phantom
                 return self[index]

@@ -56,6 +56,13 @@ def collate(samples):
         values = [s[key] for s in samples]
         if isinstance(values[0], torch.Tensor) and all(v.shape == values[0].shape for v in values):
             batch[key] = torch.stack(values)
+        elif isinstance(values[0], torch.Tensor) and values[0].dim() >= 1 and all(
+                isinstance(v, torch.Tensor) and v.dim() == values[0].dim() and v.shape[1:] == values[0].shape[1:]
+                and v.dtype == values[0].dtype for v in values):
+            # variable length (boxes (N_i, 4), box_labels (N_i,)): still a list, but of views into one tensor,
+            # so a DataLoader worker sends one shared-memory block per key instead of one per sample
+            # (2 workers from the disk cache: 998 -> 1,736 samples/s in `python -m data.benchmark`, README)
+            batch[key] = list(torch.cat(values).split([len(v) for v in values]))
         else:
             batch[key] = values
     return batch

@@ -355,3 +355,34 @@ def test_cache_returns_the_same_samples_and_is_not_changed_by_callers():
         for key in ("image", "boxes", "labels", "region_masks", "box_labels"):
             assert torch.equal(again[key], reference[key]), key
         assert again["findings"] == reference["findings"] and again["report"] == reference["report"]
+
+
+def test_disk_cache_is_shared_by_workers_and_gives_the_generated_samples(tmp_path):
+    """cache_dir: 2 DataLoader workers fill it, a second dataset object (another run) reads it back, and every
+    sample equals the freshly generated one; an unreadable file is regenerated, not fed as garbage."""
+    from data.loader import SeededDataset, epoch_loader
+    from data.phantom import generator_hash
+    plain = ChestPhantomDataset(12, 64, seed=5)
+    first = ChestPhantomDataset(12, 64, seed=5, cache_dir=tmp_path)
+    batches = list(epoch_loader(SeededDataset(first, seed=0), 4, seed=0, epoch=0, num_workers=2))
+    folder = tmp_path / f"64px-healthy0.3-{generator_hash()}"
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == sorted(f"5-{i}.pkl" for i in range(12))  # written by the workers, no temp files left
+    reference = list(epoch_loader(SeededDataset(plain, seed=0), 4, seed=0, epoch=0))
+    for got, want in zip(batches, reference):
+        assert got["id"] == want["id"] and torch.equal(got["image"], want["image"])
+        assert len(got["boxes"]) == len(want["boxes"]) == 4  # collate: one list entry (N_i, 4) per sample
+        for a, b, labels in zip(got["boxes"], want["boxes"], got["box_labels"]):
+            assert a.shape == b.shape and torch.equal(a, b) and labels.shape == (len(a),)
+    (folder / "5-3.pkl").write_bytes(b"not a pickle")
+    second = ChestPhantomDataset(12, 64, seed=5, cache_dir=tmp_path)
+    for i in range(12):
+        again, want = second[i], plain[i]
+        for key in ("image", "boxes", "labels", "region_masks", "box_labels", "concepts"):
+            assert torch.equal(again[key], want[key]), (i, key)
+        assert again["region_masks"].dtype == torch.bool
+        assert again["report"] == want["report"] and again["findings"] == want["findings"]
+    assert (folder / "5-3.pkl").stat().st_size > 1000  # rewritten
+    other_size = ChestPhantomDataset(2, 96, seed=5, cache_dir=tmp_path)
+    other_size[0]
+    assert (tmp_path / f"96px-healthy0.3-{generator_hash()}" / "5-0.pkl").exists()
