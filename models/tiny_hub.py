@@ -2,7 +2,7 @@
 
 The paper-scale systems take pretrained weights (Flan-T5, SigLIP, Bio_ClinicalBERT/BioBERT/PubMedBERT,
 BiomedCLIP, MedMAE, DenseNet-121) and often freeze them. At the tiny CPU scale, frozen RANDOM weights
-would make a run meaningless, so each family gets a small stand-in trained for well under a minute on
+would make a run meaningless, so each family gets a small stand-in trained for under three minutes (most well under one) on
 phantom data with the family's usual objective:
 
     name                      format                         objective              stands in for
@@ -62,7 +62,7 @@ class HubEntry:
 HUB = {entry.name: entry for entry in [
     HubEntry("tiny-hub/bert-mlm", "bert-mlm", tiny_hub_text.build_bert_mlm, 150, False,
              "Bio_ClinicalBERT / BioBERT / PubMedBERT"),
-    HubEntry("tiny-hub/t5-span", "t5-span", tiny_hub_text.build_t5_span, 150, False, "Flan-T5"),
+    HubEntry("tiny-hub/t5-span", "t5-span", tiny_hub_text.build_t5_span, 600, False, "Flan-T5"),
     HubEntry("tiny-hub/siglip", "siglip", tiny_hub_text.build_siglip, 400, True, "SigLIP, BiomedCLIP towers"),
     HubEntry("tiny-hub/mae-vit", "mae-vit.pth", tiny_hub_vision.build_mae_vit, 150, True, "MedMAE ViT"),
     HubEntry("tiny-hub/densenet-small", "densenet-small.pth", tiny_hub_vision.build_densenet_small, 120, False,
@@ -182,22 +182,28 @@ def build_model(name, cache=None, steps=None, force=False, image_size=DEFAULT_IM
 
 
 def ensure_built(name, cache=None):
-    """The local path of hub model `name`, building it first (with a printed note) if missing."""
+    """The local path of hub model `name`, building it first (with a printed note) if missing, or rebuilding
+    it if its marker names another step count than the entry's (a cache built by an older version)."""
     if not is_built(name, cache):
         print(f"[tiny-hub] {name} is not in {hub_cache_dir(cache)} yet; building it once (about a minute)")
         build_model(name, cache)
+    elif read_marker(name, cache).get("steps") != hub_entry(name).steps:
+        print(f"[tiny-hub] {name} in {hub_cache_dir(cache)} was built with {read_marker(name, cache).get('steps')} "
+              f"steps, this version builds it with {hub_entry(name).steps}: rebuilding it")
+        build_model(name, cache, force=True)
     return hub_path(name, cache)
 
 
 def build_all(cache=None, only=None, force=False, image_size=DEFAULT_IMAGE_SIZE):
     names = [only] if only else list(HUB)
-    todo = [n for n in names if force or not is_built(n, cache)]
+    stale = [n for n in names if is_built(n, cache) and read_marker(n, cache).get("steps") != hub_entry(n).steps]
+    todo = [n for n in names if force or not is_built(n, cache) or n in stale]
     start, seconds = time.time(), {}
     corpora = default_corpora(image_size) if todo else None
     print(f"[tiny-hub] phantom corpora ready in {time.time() - start:.1f} s")
     for name in names:
         t = time.time()
-        build_model(name, cache, force=force, image_size=image_size, corpora=corpora)
+        build_model(name, cache, force=force or name in stale, image_size=image_size, corpora=corpora)
         seconds[name] = time.time() - t
     for name in names:
         print(f"  {name:26s} {seconds[name]:6.1f} s")

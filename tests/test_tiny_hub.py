@@ -296,3 +296,23 @@ def test_random_init_twin_has_the_tiny_architecture():
     assert pretrained.random_init_twin("tiny-hub/densenet-small").classifier.out_features == 14
     with pytest.raises(ValueError, match="cls="):
         pretrained.random_init_twin("google/flan-t5-base")
+
+
+def test_model_built_with_other_step_count_is_rebuilt(tmp_path, monkeypatch):
+    """A cache from an older version (marker names another step count than the entry) is rebuilt once by
+    ensure_built and by `build`, then reused."""
+    calls = []
+    entry = tiny_hub.HubEntry("tiny-hub/fake", "fake.pth", fake_build(calls), 5, False, "nothing")
+    monkeypatch.setitem(tiny_hub.HUB, entry.name, entry)
+    monkeypatch.setattr(tiny_hub, "default_corpora", lambda *a, **k: ({}, {}))
+    cache = str(tmp_path / "hub")
+    tiny_hub.build_model("tiny-hub/fake", cache, steps=3, verbose=False)         # the "old version"
+    assert tiny_hub.read_marker("tiny-hub/fake", cache)["steps"] == 3
+    path = tiny_hub.ensure_built("tiny-hub/fake", cache)
+    assert calls == [3, 5] and torch.load(path)["w"].tolist() == [5.0, 5.0]
+    tiny_hub.ensure_built("tiny-hub/fake", cache)
+    tiny_hub.build_all(cache, only="tiny-hub/fake")
+    assert calls == [3, 5]
+    tiny_hub.build_model("tiny-hub/fake", cache, steps=2, force=True, verbose=False)
+    tiny_hub.build_all(cache, only="tiny-hub/fake")
+    assert calls == [3, 5, 2, 5] and tiny_hub.read_marker("tiny-hub/fake", cache)["steps"] == 5
