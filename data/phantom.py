@@ -244,22 +244,23 @@ class ChestPhantomDataset(torch.utils.data.Dataset):
 
     def generate(self, index):
         """The phantom of `index` (numpy dict): from the disk cache when it has it, else made (and stored)."""
+        made = lambda: make_chest_phantom(self.seed, self.start_index + index, self.image_size, self.healthy_fraction)
         if self.cache_dir is None:
-            return make_chest_phantom(self.seed, self.start_index + index, self.image_size, self.healthy_fraction)
+            return made()
         path = os.path.join(self.cache_dir, f"{self.seed}-{self.start_index + index}.pkl")
         try:
             with open(path, "rb") as f:
                 stored = pickle.load(f)
-            masks = np.unpackbits(stored["region_masks"], count=stored.pop("mask_count"))
-            stored["region_masks"] = masks.reshape(len(ANATOMY_REGIONS), self.image_size, self.image_size).astype(bool)
+            shape = stored.pop("mask_shape")
+            stored["region_masks"] = np.unpackbits(stored["region_masks"], count=int(np.prod(shape))).reshape(shape).astype(bool)
             return stored
         except FileNotFoundError:
             pass
         except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, KeyError) as error:
             print(f"[phantom cache] {path}: unreadable ({error}); regenerating it")
-        phantom = make_chest_phantom(self.seed, self.start_index + index, self.image_size, self.healthy_fraction)
+        phantom = made()
         temp = f"{path}.{os.getpid()}.tmp"  # workers may write the same index: each its own temp, then rename
-        stored = dict(phantom, region_masks=np.packbits(phantom["region_masks"]), mask_count=phantom["region_masks"].size)
+        stored = dict(phantom, region_masks=np.packbits(phantom["region_masks"]), mask_shape=phantom["region_masks"].shape)
         with open(temp, "wb") as f:  # masks bit-packed: 12 KB instead of 98 KB at 128 px
             pickle.dump(stored, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(temp, path)

@@ -97,6 +97,11 @@ def is_built(name, cache=None):
     return os.path.exists(marker_path(name, cache)) and os.path.exists(hub_path(name, cache))
 
 
+def is_stale(name, cache=None):
+    """Built, but with another step count than the entry's (a cache from an older version)."""
+    return is_built(name, cache) and read_marker(name, cache).get("steps") != hub_entry(name).steps
+
+
 def read_marker(name, cache=None):
     with open(marker_path(name, cache)) as f:
         return json.load(f)
@@ -187,16 +192,16 @@ def ensure_built(name, cache=None):
     if not is_built(name, cache):
         print(f"[tiny-hub] {name} is not in {hub_cache_dir(cache)} yet; building it once (about a minute)")
         build_model(name, cache)
-    elif read_marker(name, cache).get("steps") != hub_entry(name).steps:
-        print(f"[tiny-hub] {name} in {hub_cache_dir(cache)} was built with {read_marker(name, cache).get('steps')} "
-              f"steps, this version builds it with {hub_entry(name).steps}: rebuilding it")
+    elif is_stale(name, cache):
+        print(f"[tiny-hub] {name} in {hub_cache_dir(cache)} was built with another step count than this "
+              f"version's {hub_entry(name).steps}: rebuilding it")
         build_model(name, cache, force=True)
     return hub_path(name, cache)
 
 
 def build_all(cache=None, only=None, force=False, image_size=DEFAULT_IMAGE_SIZE):
     names = [only] if only else list(HUB)
-    stale = [n for n in names if is_built(n, cache) and read_marker(n, cache).get("steps") != hub_entry(n).steps]
+    stale = [n for n in names if is_stale(n, cache)]
     todo = [n for n in names if force or not is_built(n, cache) or n in stale]
     start, seconds = time.time(), {}
     corpora = default_corpora(image_size) if todo else None
