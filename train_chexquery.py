@@ -394,10 +394,12 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     progress = tqdm(total=stop_at, initial=step, desc=f"{SYSTEM} phase {phase}", dynamic_ncols=True, leave=False)
     while step < stop_at:
         epoch, start = divmod(step, steps_per_epoch)
-        micro = 0
-        t0 = time.time()
+        micro, data_s, compute_s = 0, 0.0, 0.0  # summed over the micro-batches of one optimizer step
+        ready = time.time()
         for batch in epoch_loader(train_set, p.batch_size, cfg.train.seed, epoch, start_batch=start * accum,
                                   num_workers=cfg.data.num_workers):
+            fetched = time.time()  # data_s: waiting for batches; s_per_step: the step itself
+            data_s += fetched - ready
             model.train()
             lr = training.get_lr(step, p.lr, p.warmup_steps, total_steps, cfg.train.min_lr)
             training.set_lr(optimizer, lr)
@@ -411,6 +413,8 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
             scaler.scale(terms["loss"] / accum).backward()
             micro += 1
             if micro % accum:
+                compute_s += time.time() - fetched
+                ready = time.time()
                 continue
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
@@ -419,11 +423,12 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
             optimizer.zero_grad(set_to_none=True)
             step += 1
             progress.update(1)
+            compute_s += time.time() - fetched
             if step % cfg.train.log_interval == 0 or step == 1:
                 logger.log(step=step, phase=phase, **{k: float(v.detach()) for k, v in terms.items()},
                            gate=float(out["gate"].detach().float().mean()), lr=lr, grad_norm=float(grad_norm),
-                           s_per_step=time.time() - t0)
-            t0 = time.time()
+                           s_per_step=compute_s, data_s=data_s)
+            data_s = compute_s = 0.0
             if step % eval_interval == 0 or step == total_steps:
                 metrics = validation_loss(model, val_set, cfg, tokenizer, device, ctx, phase)
                 logger.log(step=step, phase=phase, **metrics)
@@ -433,6 +438,7 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
                 save("last.pt")
             if step >= stop_at:
                 break
+            ready = time.time()
     progress.close()
     if step % eval_interval and step != total_steps:
         save("last.pt")

@@ -1,7 +1,7 @@
 """Concept CAM training: seed 002 stage 1 (concept CAMs, optional box guidance), then CSR stages 2 and 3.
 
 Commands (run from the repository root):
-    # tiny CPU default: phantoms + tiny-hub MAE ViT, all three stages one after another (6 min 55 s on one
+    # tiny CPU default: phantoms + tiny-hub MAE ViT, all three stages one after another (5 min 23 s on one
     # idle core; test concept macro-AUROC 0.87, disease 0.90 for seed 0: docs/concept_cam.md)
     python train_concept_cam.py --out runs/concept_cam/tiny
     # one stage at a time; a stage starts from the previous stage's checkpoint
@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 import training
 from data.labels import NIH_BOX_CLASSES, VINDR_CONCEPTS
-from data.loader import SeededDataset, batches_per_epoch, epoch_loader
+from data.loader import SeededDataset, batches_per_epoch, epoch_loader, table_batches
 from data.phantom import DETAIL_TO_VINDR, PHANTOM_TO_VINDR, phantom_split
 from data.transforms import build_transform
 from metrics.summary import mean_std
@@ -117,6 +117,25 @@ def training_labels(dataset, key):
     if hasattr(dataset, "records"):
         return torch.from_numpy(np.stack([r["extra"][key] for r in dataset.records])).float()
     return torch.stack([dataset[i][key] for i in tqdm(range(len(dataset)), desc=f"{key} labels", leave=False)])
+
+
+@torch.no_grad()
+def feature_table(backbone, dataset, cfg, device, ctx):
+    """Stages 2-3 with a frozen backbone: one pass over the training set -> {"features": (N, D, h, w) float32
+    backbone feature maps, "concepts": (N, K), "diseases": (N, 6), "id": N strings}, in dataset order. The
+    backbone runs in eval mode, as it does at validation (the tiny ViT has no dropout: the same either way)."""
+    table = {"features": [], "concepts": [], "diseases": [], "id": []}
+    was_training = backbone.training
+    backbone.eval()
+    loader = epoch_loader(dataset, cfg.train.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False,
+                          num_workers=cfg.data.num_workers)
+    for batch in tqdm(loader, desc="backbone features (frozen, computed once)", leave=False):
+        with ctx:
+            table["features"].append(feature_map(backbone, batch["image"].to(device)).float().cpu())
+        for key in ("concepts", "diseases", "id"):
+            table[key].append(batch[key])
+    backbone.train(was_training)
+    return {key: torch.cat(value) if key != "id" else [i for ids in value for i in ids] for key, value in table.items()}
 
 
 def build_model(cfg, pretrained=True):
@@ -224,37 +243,36 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
         training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, epoch, stage, best_metric, cfg)
 
     # stages 2 and 3 leave the backbone frozen: without augmentation its feature map of an image never changes,
-    # so it is computed once per training image and kept (train.cache_features; same numbers, less time)
-    feature_cache = {} if stage > 1 and cfg.train.cache_features and not cfg.data.augment else None
-
-    def features_of(batch, images):
-        """-> (B, D, h, w) backbone features of the batch, from feature_cache where computed before."""
-        new = [i for i, key in enumerate(batch["id"]) if key not in feature_cache]
-        if new:
-            with torch.no_grad(), ctx:
-                computed = feature_map(model.backbone, images[new]).float()          # (b, D, h, w)
-            feature_cache.update(zip([batch["id"][i] for i in new], computed))
-        return torch.stack([feature_cache[key] for key in batch["id"]])             # (B, D, h, w)
+    # so it is computed once per training image before the loop and the stage trains the heads on that table
+    # (train.cache_features): no image is loaded or transformed again (`python -m data.benchmark --systems`)
+    table = None
+    if stage > 1 and cfg.train.cache_features and not cfg.data.augment:
+        table = feature_table(model.backbone, train_set, cfg, device, ctx)
 
     # loop
     stop_at = cfg.train.stop_after_steps or total_steps
     progress = tqdm(total=total_steps, initial=step, desc=f"stage {stage}", dynamic_ncols=True)
     while step < min(total_steps, stop_at):
         epoch, start_batch = divmod(step, steps_per_epoch)
-        loader = epoch_loader(train_set, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch,
-                              num_workers=cfg.data.num_workers)
+        loader = (table_batches(table, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch)
+                  if table is not None else
+                  epoch_loader(train_set, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch,
+                               num_workers=cfg.data.num_workers))
+        ready = time.time()
         for batch in loader:
             if step >= stop_at:
                 break
-            t0 = time.time()
+            t0 = time.time()  # data_s: waiting for this batch; s_per_step: the step itself
             model.train()
             lr = training.get_lr(step, stage_cfg.lr, cfg.train.warmup_steps, total_steps, cfg.train.min_lr)
             training.set_lr(optimizer, lr)
-            images = batch["image"].to(device)                                        # (B, 3, H, W)
             concepts_gt = batch["concepts"].to(device)                                # (B, K)
             with ctx:
-                out = (model(images, stage=stage, task_head=task_head) if feature_cache is None
-                       else model.heads(features_of(batch, images), stage=stage, task_head=task_head))
+                if table is None:
+                    images = batch["image"].to(device)                                # (B, 3, H, W)
+                    out = model(images, stage=stage, task_head=task_head)
+                else:
+                    out = model.heads(batch["features"].to(device), stage=stage, task_head=task_head)  # (B, D, h, w)
                 if stage == 1:   # seed 002 §5b: alpha * classification + beta * localization
                     inside_mask, has_box = batch_box_masks(batch, source, len(VINDR_CONCEPTS), images.shape[-2:],
                                                            grid, cfg.data.box_min_fraction)
@@ -280,7 +298,8 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
             progress.update(1)
             if step % cfg.train.log_interval == 0 or step == 1:
                 logger.log(stage=stage, step=step, loss=loss.item(), **{k: float(v.detach()) for k, v in terms.items()},
-                           lr=lr, grad_norm=float(grad_norm), s_per_step=time.time() - t0)
+                           lr=lr, grad_norm=float(grad_norm), s_per_step=time.time() - t0, data_s=t0 - ready)
+            ready = time.time()
         epoch_done = step % steps_per_epoch == 0
         if epoch_done or step >= total_steps:  # validation at each epoch end
             metric = validation_metric(predict(model, val_loader, stage, task_head, device, ctx), stage)

@@ -46,7 +46,8 @@ def build_dataset(cfg, split):
     if d.source == "phantom":
         from data.phantom import phantom_split
         n = {"train": d.num_train, "val": d.num_val, "test": d.num_test}[split]
-        return phantom_split(split, n, d.image_size, cache_dir=d.get("phantom_cache_dir"))
+        return phantom_split(split, n, d.image_size, cache_dir=d.get("phantom_cache_dir"),
+                             cache=bool(d.get("cache")) and d.num_workers == 0)
     if d.source == "mimic_master":
         from data.mimic_cxr import MimicMasterDataset
         from data.transforms import build_transform
@@ -145,9 +146,10 @@ def train(cfg, out_dir, resume=None):
 
         while step < min(phase_ends[index], stop_at):
             epoch, start_batch = divmod(step, steps_per_epoch)
+            ready = time.time()
             for batch in epoch_loader(train_set, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch,
                                       num_workers=cfg.data.num_workers):
-                t0 = time.time()
+                t0 = time.time()  # data_s: waiting for this batch; s_per_step: the step itself
                 model.train()
                 lr = training.get_lr(step - start, phase.lr, cfg.train.warmup_steps, phase.steps, cfg.train.min_lr)
                 training.set_lr(optimizer, lr)
@@ -168,7 +170,7 @@ def train(cfg, out_dir, resume=None):
                     extra = {"mask_mean": float(out["z"].detach().mean())} if "z" in out else {}
                     logger.log(step=step, phase=phase.name, **{k: float(v.detach()) for k, v in terms.items()},
                                **extra, logit_scale=float(out["logit_scale"].detach()), lr=lr, grad_norm=float(grad_norm),
-                               s_per_step=time.time() - t0)
+                               s_per_step=time.time() - t0, data_s=t0 - ready)
                 if step % cfg.train.eval_interval == 0 or step == total_steps:
                     val = validation_loss(model, val_set, cfg, device, ctx)
                     logger.log(step=step, **{"val/nce_full": val})
@@ -178,6 +180,7 @@ def train(cfg, out_dir, resume=None):
                     save("last.pt")
                 if step >= min(phase_ends[index], stop_at):
                     break
+                ready = time.time()
         if step % cfg.train.eval_interval and step != total_steps:
             save("last.pt")
         if step >= stop_at:

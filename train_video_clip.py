@@ -157,9 +157,10 @@ def train(cfg, out_dir, resume=None):
     progress = tqdm(total=stop_at, initial=step, desc=SYSTEM, dynamic_ncols=True, leave=False)
     while step < stop_at:
         epoch, start_batch = divmod(step, steps_per_epoch)
+        ready = time.time()
         for batch in epoch_loader(train_set, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch,
                                   num_workers=cfg.data.num_workers):
-            t0 = time.time()
+            t0 = time.time()  # data_s: waiting for this batch; s_per_step: the step itself
             model.train()
             lr = training.get_lr(step, cfg.train.lr, cfg.train.warmup_steps, total_steps, cfg.train.min_lr)
             training.set_lr(optimizer, lr)
@@ -182,7 +183,7 @@ def train(cfg, out_dir, resume=None):
             progress.update(1)
             if step % cfg.train.log_interval == 0 or step == 1:
                 logger.log(step=step, **{k: float(v.detach()) for k, v in terms.items()}, logit_scale=float(out["logit_scale"].detach()),
-                           lr=lr, grad_norm=float(grad_norm), s_per_step=time.time() - t0)
+                           lr=lr, grad_norm=float(grad_norm), s_per_step=time.time() - t0, data_s=t0 - ready)
             if step % cfg.train.eval_interval == 0 or step == total_steps:
                 metrics = evaluate_model(model, val_set, cfg, device, ctx, "val/")
                 logger.log(step=step, **metrics)
@@ -192,6 +193,7 @@ def train(cfg, out_dir, resume=None):
                 save("last.pt")
             if step >= stop_at:
                 break
+            ready = time.time()
     progress.close()
     if step % cfg.train.eval_interval and step != total_steps:
         save("last.pt")

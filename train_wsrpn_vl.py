@@ -449,8 +449,9 @@ def main(argv=None):
                               num_workers=cfg.data.num_workers)
         progress = tqdm(loader, desc=f"epoch {epoch} phase {weights['phase']}", initial=start_batch,
                         total=steps_per_epoch, leave=False)
+        ready = time.perf_counter()
         for batch_index, batch in enumerate(progress, start=start_batch):
-            started = time.perf_counter()
+            started = time.perf_counter()  # data_s: waiting for this batch; s_per_step: the step itself
             lr = training.get_lr(step, t.lr, t.warmup_steps, total_steps, t.min_lr)
             training.set_lr(optimizer, lr)
             images = augment_views(batch["image"], t.n_views).to(device)  # (B * V, 3, H, W)
@@ -475,11 +476,12 @@ def main(argv=None):
                        **{f"weight/{k}": v for k, v in weights.items() if k != "phase"},
                        loss=loss.item(), **{k: v.item() for k, v in terms.items()}, **stats,
                        sigma_mean=out["sigma"].mean().item(), lr=lr, grad_norm=grad_norm.item(),
-                       s_per_step=time.perf_counter() - started)
+                       s_per_step=time.perf_counter() - started, data_s=started - ready)
             if t.max_steps and step >= t.max_steps:
                 finished = True
                 save(out_dir / "last.pt", epoch, batch_index + 1)
                 break
+            ready = time.perf_counter()
         start_batch = 0
         if finished:
             break

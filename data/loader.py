@@ -56,15 +56,29 @@ class EpochSampler(Sampler):
 
 
 def epoch_loader(dataset, batch_size, seed, epoch, shuffle=True, start_batch=0, num_workers=0,
-                 drop_last=True, pin_memory=False):
+                 drop_last=True, pin_memory=False, collate_fn=collate):
     """A DataLoader for one epoch, starting at batch `start_batch` (for resume)."""
     if isinstance(dataset, SeededDataset):
         dataset.epoch = epoch
     sampler = EpochSampler(len(dataset), seed, epoch, shuffle, start=start_batch * batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate, drop_last=drop_last, pin_memory=pin_memory,
+                      collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(seed + epoch),
                       persistent_workers=False)
+
+
+def table_batches(table, batch_size, seed, epoch, shuffle=True, start_batch=0, drop_last=True):
+    """The batches of epoch_loader (same order, same resume point) over an in-memory table instead of a
+    dataset: table = {key: (N, ...) tensor or list of N}. No DataLoader and no per-sample dicts, one gather per
+    key (nanoGPT's get_batch), for data that is already tensors, e.g. cached backbone features."""
+    n = len(next(iter(table.values())))
+    order = torch.tensor(EpochSampler(n, seed, epoch, shuffle, start=start_batch * batch_size).indices(),
+                         dtype=torch.long)[start_batch * batch_size:]
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    for first in range(0, stop, batch_size):
+        rows = order[first:first + batch_size]
+        yield {key: value[rows] if isinstance(value, torch.Tensor) else [value[i] for i in rows.tolist()]
+               for key, value in table.items()}
 
 
 def batches_per_epoch(dataset, batch_size, drop_last=True):

@@ -20,6 +20,8 @@ and says which keys it has in its docstring):
 `collate` stacks tensors of equal shape and keeps everything else (strings, variable-length boxes,
 lists of dicts) as a list, so a batch of B samples has `boxes` as a list of B (N_b, 4) tensors.
 """
+import math
+
 import torch
 
 
@@ -49,20 +51,49 @@ class ErrorPolicy:
         return f"[{self.name}] skipped {len(self.skipped)} bad item(s)" if self.skipped else ""
 
 
-def collate(samples):
-    """list of sample dicts -> dict of batched values (tensors stacked where shapes agree, else lists)."""
-    batch = {}
+def collate(samples, one_block=True):
+    """list of sample dicts -> dict of batched values (tensors stacked where shapes agree, else lists).
+
+    Inside a DataLoader worker (and one_block) every tensor of the batch is written into one shared-memory
+    block (views at 64-byte aligned offsets), so the worker hands the main process one block per batch
+    instead of one per key: each block costs the main process a socket round trip to receive (2 workers
+    from the phantom disk cache: about 1.5x the samples/s; `python -m data.benchmark`, README)."""
+    plan = {}  # key -> ("stack" | "cat", values) or ("list", values)
     for key in samples[0]:
         values = [s[key] for s in samples]
         if isinstance(values[0], torch.Tensor) and all(v.shape == values[0].shape for v in values):
-            batch[key] = torch.stack(values)
+            plan[key] = ("stack", values)
         elif isinstance(values[0], torch.Tensor) and values[0].dim() >= 1 and all(
                 isinstance(v, torch.Tensor) and v.dim() == values[0].dim() and v.shape[1:] == values[0].shape[1:]
                 and v.dtype == values[0].dtype for v in values):
-            # variable length (boxes (N_i, 4), box_labels (N_i,)): still a list, but of views into one tensor,
-            # so a DataLoader worker sends one shared-memory block per key instead of one per sample
-            # (2 workers from the disk cache: 998 -> 1,736 samples/s in `python -m data.benchmark`, README)
-            batch[key] = list(torch.cat(values).split([len(v) for v in values]))
+            plan[key] = ("cat", values)  # variable length (boxes (N_i, 4), box_labels (N_i,)): views of one tensor
+        else:
+            plan[key] = ("list", values)
+    out = _shared_outputs(plan) if one_block and torch.utils.data.get_worker_info() is not None else {}
+    batch = {}
+    for key, (kind, values) in plan.items():
+        if kind == "stack":
+            batch[key] = torch.stack(values, out=out.get(key))
+        elif kind == "cat":
+            batch[key] = list(torch.cat(values, out=out.get(key)).split([len(v) for v in values]))
         else:
             batch[key] = values
     return batch
+
+
+def _shared_outputs(plan, align=64):
+    """key -> an empty output tensor for torch.stack / torch.cat, all views into one shared-memory block."""
+    shapes = {}
+    for key, (kind, values) in plan.items():
+        if kind == "stack":
+            shapes[key] = ((len(values), *values[0].shape), values[0].dtype)
+        elif kind == "cat":
+            shapes[key] = ((sum(len(v) for v in values), *values[0].shape[1:]), values[0].dtype)
+    sizes = {key: math.prod(shape) * dtype.itemsize for key, (shape, dtype) in shapes.items()}
+    block = torch.empty(0, dtype=torch.uint8).set_(
+        torch.UntypedStorage._new_shared(sum(-(-n // align) * align for n in sizes.values())))
+    out, offset = {}, 0
+    for key, (shape, dtype) in shapes.items():
+        out[key] = block[offset:offset + sizes[key]].view(dtype).view(shape)
+        offset += -(-sizes[key] // align) * align
+    return out

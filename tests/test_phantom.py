@@ -284,6 +284,26 @@ def test_dataset_sample_contract_and_collate():
         dataset[4]
 
 
+def test_worker_batches_are_one_shared_block_with_the_main_process_values():
+    """collate in a DataLoader worker writes every tensor of a batch (boxes too) into one shared-memory block;
+    the values and dtypes are those of the main-process collate."""
+    from data.loader import SeededDataset, epoch_loader
+    data = SeededDataset(ChestPhantomDataset(8, image_size=64, seed=5), seed=0)
+    main = list(epoch_loader(data, 4, seed=0, epoch=0))
+    workers = list(epoch_loader(data, 4, seed=0, epoch=0, num_workers=2))
+    for got, want in zip(workers, main, strict=True):
+        tensors = [v for v in got.values() if isinstance(v, torch.Tensor)] + got["boxes"] + got["box_labels"]
+        assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1 and tensors[0].is_shared()
+        assert len({t.untyped_storage().data_ptr() for t in want["boxes"] + [want["image"]]}) == 2
+        for key, value in want.items():
+            if isinstance(value, torch.Tensor):
+                assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+            elif key in ("boxes", "box_labels"):
+                assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(got[key], value, strict=True))
+            else:
+                assert got[key] == value, key
+
+
 def test_dataset_applies_paired_transform():
     from data.transforms import Compose, Grayscale, Resize, ToTensor
     dataset = ChestPhantomDataset(30, image_size=128, seed=6, transform=Compose([Grayscale(), Resize(64), ToTensor()]))

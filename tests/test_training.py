@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import training
-from data.loader import SeededDataset, batches_per_epoch, epoch_loader
+from data.loader import SeededDataset, batches_per_epoch, epoch_loader, table_batches
 from training import (Config, ConfigError, NonFiniteLoss, apply_overrides, build_optimizer, check_finite,
                       get_lr, load_checkpoint, load_config, param_groups, save_checkpoint, set_lr,
                       set_trainable)
@@ -200,6 +200,26 @@ def test_seeded_dataset_depends_on_seed_epoch_index_only_and_keeps_the_caller_rn
     data.epoch = 1
     assert not torch.equal(data[3]["x"], first)           # a new epoch gives new augmentation noise
     assert not torch.equal(SeededDataset(NoisyPairs(), seed=6)[3]["x"], first)
+
+
+def test_table_batches_are_the_batches_of_epoch_loader():
+    """The in-memory table path gives the rows of the DataLoader path: same order, same resume point."""
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return 23
+
+        def __getitem__(self, i):
+            return {"x": torch.tensor([float(i), -i]), "id": f"row{i}"}
+
+    table = {"x": torch.stack([Rows()[i]["x"] for i in range(23)]), "id": [f"row{i}" for i in range(23)]}
+    for epoch, start, drop_last in ((0, 0, True), (3, 2, True), (1, 1, False)):
+        expected = list(epoch_loader(Rows(), 5, seed=4, epoch=epoch, start_batch=start, drop_last=drop_last))
+        got = list(table_batches(table, 5, seed=4, epoch=epoch, start_batch=start, drop_last=drop_last))
+        assert len(got) == len(expected) == (4 - start if drop_last else 5 - start)
+        for a, b in zip(got, expected):
+            assert torch.equal(a["x"], b["x"]) and a["id"] == b["id"]
+    assert [b["id"][0] for b in table_batches(table, 5, seed=4, epoch=0)] != \
+        [b["id"][0] for b in table_batches(table, 5, seed=4, epoch=1)]  # a new epoch, a new order
 
 
 def test_checkpoint_round_trip_keeps_every_field(tmp_path):
