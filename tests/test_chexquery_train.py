@@ -66,6 +66,7 @@ def test_two_step_smoke_run_and_phase_resume(tmp_path, capsys):
     rows = [json.loads(l) for l in (out1 / "log.jsonl").read_text().splitlines()]
     losses = [r for r in rows if "generation" in r]
     assert [r["step"] for r in losses] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in losses)
+    assert all(r["s_per_step"] > 0 and r["data_s"] >= 0 for r in losses)  # the step and the wait for its batches
     # phase 2 from phase 1's best: frozen vision backbone weights carried over unchanged, LoRA trained
     out2 = tmp_path / "p2"
     T.main(["--phase", "2", "--resume", str(out1 / "best.pt"), "--out", str(out2)] + SMALL)

@@ -52,7 +52,9 @@ def test_each_stage_writes_its_files_and_metrics(run):
         assert ("proto_loc/pointing_game" in metrics) == (stage >= 2)
         assert list((folder / "figures").glob("*.png"))
     lines = [json.loads(x) for x in (run / "stage1" / "log.jsonl").read_text().splitlines()]
-    assert {"classification_loss", "localization_loss", "grad_norm", "lr"} <= set(lines[0])
+    assert {"classification_loss", "localization_loss", "grad_norm", "lr", "s_per_step", "data_s"} <= set(lines[0])
+    stage2 = [json.loads(x) for x in (run / "stage2" / "log.jsonl").read_text().splitlines()]
+    assert all(r["data_s"] >= 0 and r["s_per_step"] > 0 for r in stage2 if "softtriple_loss" in r)
 
 
 def test_stage_freezing(run):

@@ -29,7 +29,7 @@ def test_two_step_smoke_run_writes_checkpoint_config_and_log(tmp_path):
     for row in rows:
         assert row["phase"] == 1 and row["weight/contrastive"] == 0.0 and row["weight/detection"] == 1.0
         assert all(k in row for k in ("patch_bce", "roi_bce", "patch_supcon", "roi_supcon", "roi_patch_consistency",
-                                      "lr", "grad_norm", "s_per_step"))
+                                      "lr", "grad_norm", "s_per_step", "data_s"))
     checkpoint = torch.load(out / "last.pt", weights_only=False)
     assert checkpoint["step"] == 2 and checkpoint["batch_in_epoch"] == 2 and checkpoint["tokenizer_files"]
 
