@@ -15,6 +15,7 @@ The ratio (loader samples/s) / (training samples/s) is the figure that matters: 
 never limits the tiny runs. Both sides compete for the same 2 cores, as they do in a real run.
 
     python -m data.benchmark --systems       # ~1.5 minutes more: the five tiny training runs themselves
+                                             # (they load the tiny hub: built on first use, ~4 min)
 
 4. for each root script, its own tiny step and its own training data, side by side: the script runs ~30
    steps of its cheapest phase (the one where loading has least time) on its tiny config in a child
