@@ -200,10 +200,6 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     train_set = datasets["train"]
     val_loader = epoch_loader(datasets["val"], cfg.train.batch_size, cfg.train.seed, 0, shuffle=False,
                               drop_last=False, num_workers=cfg.data.num_workers)
-    pos_weight = pos_weight_from_labels(training_labels(train_set, "concepts" if stage < 3 else "diseases"),
-                                        cfg.loss.pos_weight_cap).to(device)
-    print(f"pos_weight ({'concepts' if stage < 3 else 'diseases'}, cap {cfg.loss.pos_weight_cap}): "
-          f"{[round(v, 1) for v in pos_weight.tolist()]}")
     train_set = SeededDataset(train_set, cfg.train.seed)
     steps_per_epoch = batches_per_epoch(train_set, cfg.train.batch_size)
     total_steps = stage_cfg.epochs * steps_per_epoch
@@ -248,6 +244,10 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     table = None
     if stage > 1 and cfg.train.cache_features and not cfg.data.augment:
         table = feature_table(model.backbone, train_set, cfg, device, ctx)
+    label_key = "concepts" if stage < 3 else "diseases"  # the table has the labels: no second pass over images
+    labels = table[label_key] if table is not None else training_labels(datasets["train"], label_key)
+    pos_weight = pos_weight_from_labels(labels, cfg.loss.pos_weight_cap).to(device)
+    print(f"pos_weight ({label_key}, cap {cfg.loss.pos_weight_cap}): {[round(v, 1) for v in pos_weight.tolist()]}")
 
     # loop
     stop_at = cfg.train.stop_after_steps or total_steps

@@ -142,10 +142,11 @@ def system_rows(work_dir, batches=40):
         batch = per_step if script != "train_chexquery" else 16  # CheXQuery phase 1: micro-batches of 16
         config = training.default_config_path(module.SYSTEM)
         size = f"{size_key}={batch * (batches + 1) * 3 // 2}"  # WSRPN leaves out healthy phantoms
+        chest = "phantom_cache_dir" in training.load_config(config, []).data  # chest phantoms (not the videos)
         rates = []
         for workers in (0, 2):  # 0: the config's own caching, epochs >= 2; 2: the disk cache, filled first
             overrides = [size, f"data.num_workers={workers}"]
-            if workers and "phantom_cache_dir" in training.load_config(config, []).data:  # chest phantoms
+            if workers and chest:
                 overrides.append(f"data.phantom_cache_dir={out / 'phantoms'}")
             dataset = module.build_dataset(training.load_config(config, overrides), "train")
             for i in range(len(dataset)):  # the first epoch: fills the caches

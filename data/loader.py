@@ -72,8 +72,7 @@ def table_batches(table, batch_size, seed, epoch, shuffle=True, start_batch=0, d
     dataset: table = {key: (N, ...) tensor or list of N}. No DataLoader and no per-sample dicts, one gather per
     key (nanoGPT's get_batch), for data that is already tensors, e.g. cached backbone features."""
     n = len(next(iter(table.values())))
-    order = torch.tensor(EpochSampler(n, seed, epoch, shuffle, start=start_batch * batch_size).indices(),
-                         dtype=torch.long)[start_batch * batch_size:]
+    order = torch.tensor(list(EpochSampler(n, seed, epoch, shuffle, start=start_batch * batch_size)), dtype=torch.long)
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
     for first in range(0, stop, batch_size):
         rows = order[first:first + batch_size]

@@ -90,10 +90,9 @@ def _shared_outputs(plan, align=64):
         elif kind == "cat":
             shapes[key] = ((sum(len(v) for v in values), *values[0].shape[1:]), values[0].dtype)
     sizes = {key: math.prod(shape) * dtype.itemsize for key, (shape, dtype) in shapes.items()}
-    block = torch.empty(0, dtype=torch.uint8).set_(
-        torch.UntypedStorage._new_shared(sum(-(-n // align) * align for n in sizes.values())))
-    out, offset = {}, 0
-    for key, (shape, dtype) in shapes.items():
-        out[key] = block[offset:offset + sizes[key]].view(dtype).view(shape)
-        offset += -(-sizes[key] // align) * align
-    return out
+    starts, total = {}, 0
+    for key, size in sizes.items():
+        starts[key], total = total, total + -(-size // align) * align
+    block = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(total))
+    return {key: block[starts[key]:starts[key] + sizes[key]].view(dtype).view(shape)
+            for key, (shape, dtype) in shapes.items()}
