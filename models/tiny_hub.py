@@ -57,12 +57,14 @@ class HubEntry:
     steps: int                  # default training steps (the reproducible build)
     uses_image_size: bool       # build takes image_size
     stands_in_for: str
+    version: int = 1            # bumped when the build itself changes (a cache built before is rebuilt)
 
 
 HUB = {entry.name: entry for entry in [
     HubEntry("tiny-hub/bert-mlm", "bert-mlm", tiny_hub_text.build_bert_mlm, 150, False,
              "Bio_ClinicalBERT / BioBERT / PubMedBERT"),
-    HubEntry("tiny-hub/t5-span", "t5-span", tiny_hub_text.build_t5_span, 600, False, "Flan-T5"),
+    HubEntry("tiny-hub/t5-span", "t5-span", tiny_hub_text.build_t5_span, 600, False, "Flan-T5",
+             version=2),    # 2: counted word pieces (tiny_hub_text.counted_unigram_tokenizer)
     HubEntry("tiny-hub/siglip", "siglip", tiny_hub_text.build_siglip, 400, True, "SigLIP, BiomedCLIP towers"),
     HubEntry("tiny-hub/mae-vit", "mae-vit.pth", tiny_hub_vision.build_mae_vit, 150, True, "MedMAE ViT"),
     HubEntry("tiny-hub/densenet-small", "densenet-small.pth", tiny_hub_vision.build_densenet_small, 120, False,
@@ -98,8 +100,11 @@ def is_built(name, cache=None):
 
 
 def is_stale(name, cache=None):
-    """Built, but with another step count than the entry's (a cache from an older version)."""
-    return is_built(name, cache) and read_marker(name, cache).get("steps") != hub_entry(name).steps
+    """Built, but with another step count or build version than the entry's (a cache from an older version)."""
+    if not is_built(name, cache):
+        return False
+    marker, entry = read_marker(name, cache), hub_entry(name)
+    return marker.get("steps") != entry.steps or marker.get("version", 1) != entry.version
 
 
 def read_marker(name, cache=None):
@@ -178,7 +183,8 @@ def build_model(name, cache=None, steps=None, force=False, image_size=DEFAULT_IM
     finally:
         torch.set_num_threads(threads)
     seconds = time.time() - start
-    write_json_atomic(marker, dict(name=name, path=target, steps=steps, seed=seed, image_size=image_size,
+    write_json_atomic(marker, dict(name=name, path=target, steps=steps, version=entry.version, seed=seed,
+                                   image_size=image_size,
                                    build_seconds=round(seconds, 1), stands_in_for=entry.stands_in_for,
                                    measurements=measurements, torch=torch.__version__))
     if verbose:
@@ -193,8 +199,8 @@ def ensure_built(name, cache=None):
         print(f"[tiny-hub] {name} is not in {hub_cache_dir(cache)} yet; building it once (about a minute)")
         build_model(name, cache)
     elif is_stale(name, cache):
-        print(f"[tiny-hub] {name} in {hub_cache_dir(cache)} was built with another step count than this "
-              f"version's {hub_entry(name).steps}: rebuilding it")
+        print(f"[tiny-hub] {name} in {hub_cache_dir(cache)} was built with another step count or build than "
+              f"this version's ({hub_entry(name).steps} steps, build {hub_entry(name).version}): rebuilding it")
         build_model(name, cache, force=True)
     return hub_path(name, cache)
 

@@ -9,6 +9,8 @@ Design choices:
 - Tokenizers are trained with the HF `tokenizers` library and wrapped in the transformers 5.x class of
   the family (`BertTokenizer` for WordPiece, `T5Tokenizer` for Unigram), so `AutoTokenizer.from_pretrained`
   rebuilds the same pipeline (normalizer, pre-tokenizer, [CLS]/[SEP] or </s> post-processing).
+- The T5 tokenizer's pieces are counted, not trained (counted_unigram_tokenizer): UnigramTrainer kept the
+  phantom corpus's words as fragments (2.8 pieces per word), where Flan-T5's vocabulary keeps such words whole.
 - The T5 tokenizer carries 100 sentinels <extra_id_0>..<extra_id_99> as T5 does; they are appended after
   the learned pieces (so <extra_id_0> has the smallest sentinel id, unlike Google's T5 vocab).
 - SigLIP's own tokenizer class needs `sentencepiece` (not installed), so its text tower gets a Unigram
@@ -24,6 +26,9 @@ Shape letters: B batch, L tokens, T target tokens, V vocabulary, D width.
 """
 import json
 import math
+import re
+import string
+from collections import Counter
 
 import torch
 from tokenizers import Tokenizer, models as tok_models, normalizers, pre_tokenizers, trainers
@@ -65,6 +70,40 @@ def train_unigram_tokenizer(reports, vocab_size, extra_ids, model_max_length):
     tokenizer.train_from_iterator(reports, trainer)
     pieces = [(piece, score) for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"]]
     return T5Tokenizer(vocab=pieces, extra_ids=extra_ids, model_max_length=model_max_length)
+
+
+WORD_PIECE = re.compile(r"\u2581?\w+|\u2581|[^\w\u2581]")
+
+
+def counted_unigram_tokenizer(reports, vocab_size, extra_ids, model_max_length):
+    """Unigram pieces counted on the corpus (whole words first), wrapped as a transformers T5Tokenizer.
+
+    Why not UnigramTrainer: on the phantom corpus (~260 distinct words) the `tokenizers` trainer keeps only
+    ~410-510 pieces, mostly characters and word fragments ("Findings" -> _ F i nding s): 2.8 tokens per word.
+    A sentencepiece model of a corpus this small, with room for every word, would hold the words themselves.
+    Pieces: "\u2581word" and punctuation, as the pre-tokenizer leaves them, by count (log relative frequency as
+    score) until the budget is full, and every character seen plus ASCII letters, digits and punctuation, alone
+    and after "\u2581", scored below any word,
+    so any text still tokenizes. Vocabulary = [<pad>, </s>, <unk>, pieces...] + `extra_ids` sentinels."""
+    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                   pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
+    counts, characters = Counter(), set()
+    for report in reports:
+        for word, _ in pre.pre_tokenize_str(report):
+            counts.update(WORD_PIECE.findall(word))
+            characters.update(word.replace("\u2581", ""))
+    characters |= set(string.ascii_letters + string.digits + string.punctuation)   # a small corpus lacks some
+    fallback = sorted({"\u2581"} | characters | {"\u2581" + c for c in characters})
+    budget = vocab_size - extra_ids - 3 - len(fallback)
+    if budget < 0:
+        raise ValueError(f"counted_unigram_tokenizer: {len(fallback)} character pieces do not fit {vocab_size} rows")
+    words = [(piece, n) for piece, n in counts.most_common() if piece not in fallback][:budget]
+    total = sum(counts.values())
+    pieces = [(piece, math.log(n / total)) for piece, n in words]
+    floor = min((score for _, score in pieces), default=0.0) - 10.0
+    pieces += [(piece, math.log(counts[piece] / total) if counts[piece] else floor) for piece in fallback]
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    return T5Tokenizer(vocab=specials + pieces, extra_ids=extra_ids, model_max_length=model_max_length)
 
 
 def check_vocab_fits(tokenizer, vocab_size, what):
@@ -245,7 +284,7 @@ def build_bert_mlm(out_dir, corpus, held_out, steps=400, seed=0, progress=None):
 
 def build_t5_span(out_dir, corpus, held_out, steps=400, seed=0, progress=None):
     torch.manual_seed(seed)
-    tokenizer = train_unigram_tokenizer(corpus["reports"], T5_VOCAB_SIZE, T5_SENTINELS, TEXT_MAX_LENGTH)
+    tokenizer = counted_unigram_tokenizer(corpus["reports"], T5_VOCAB_SIZE, T5_SENTINELS, TEXT_MAX_LENGTH)
     check_vocab_fits(tokenizer, T5_VOCAB_SIZE, "tiny-hub/t5-span")
     model, twin = T5ForConditionalGeneration(t5_config()), T5ForConditionalGeneration(t5_config())
 

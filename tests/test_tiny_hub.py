@@ -101,6 +101,26 @@ def test_t5_span_reloads_and_beats_random_twin(tmp_path, corpora):
     assert loss_trained < loss_twin - 1.5, (loss_trained, loss_twin)
 
 
+def test_t5_tokenizer_keeps_phantom_words_whole(tmp_path, corpora):
+    """The counted Unigram vocabulary: one piece per word or punctuation mark of held-out phantom reports
+    (UnigramTrainer's vocabulary took ~2.8 pieces per word), exact round trip, characters for unseen words."""
+    train, held = corpora[0]["reports"], corpora[1]["reports"]
+    tokenizer = text.counted_unigram_tokenizer(train, text.T5_VOCAB_SIZE, text.T5_SENTINELS, 128)
+    assert len(tokenizer) <= text.T5_VOCAB_SIZE
+    tokenizer.save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    for report in held[:20]:
+        words = report.split()
+        pieces = tokenizer.tokenize(report)
+        marks = sum(len(w) - len(w.rstrip(".,:;|")) for w in words) + sum(w == "|" for w in words)
+        assert len(pieces) <= len(words) + marks + 2, (report, pieces)     # a held-out word may be new
+        assert tokenizer.decode(tokenizer(report).input_ids, skip_special_tokens=True) == report
+    assert tokenizer.tokenize("Findings: pleural effusion.") == ["\u2581Findings", ":", "\u2581pleural",
+                                                                  "\u2581effusion", "."]
+    assert tokenizer.tokenize("zebrafish")[0] == "\u2581z" and tokenizer.unk_token_id not in tokenizer("lungs").input_ids
+    assert tokenizer.convert_tokens_to_ids("<extra_id_99>") == len(tokenizer) - 1
+
+
 def test_siglip_reloads_and_beats_random_twin(tmp_path, corpora):
     path, m, model = build("tiny-hub/siglip", tmp_path, corpora, steps=40)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -316,3 +336,10 @@ def test_model_built_with_other_step_count_is_rebuilt(tmp_path, monkeypatch):
     tiny_hub.build_model("tiny-hub/fake", cache, steps=2, force=True, verbose=False)
     tiny_hub.build_all(cache, only="tiny-hub/fake")
     assert calls == [3, 5, 2, 5] and tiny_hub.read_marker("tiny-hub/fake", cache)["steps"] == 5
+    # a new build version (same steps) is rebuilt once too
+    monkeypatch.setitem(tiny_hub.HUB, entry.name, tiny_hub.HubEntry("tiny-hub/fake", "fake.pth", fake_build(calls),
+                                                                     5, False, "nothing", version=2))
+    assert tiny_hub.is_stale("tiny-hub/fake", cache)
+    tiny_hub.ensure_built("tiny-hub/fake", cache)
+    tiny_hub.ensure_built("tiny-hub/fake", cache)
+    assert calls == [3, 5, 2, 5, 5] and tiny_hub.read_marker("tiny-hub/fake", cache)["version"] == 2
