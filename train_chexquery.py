@@ -41,7 +41,7 @@ from data.loader import batches_per_epoch, epoch_loader
 from data.sample import DataError
 from metrics.summary import mean_std
 from models.chexquery import PHASE_TRAINABLE, ChexQuery, ChexQueryConfig, chexquery_losses, parameter_table
-from models.text_decoder import encode_targets, prompt_prefix
+from models.text_decoder import encode_targets, prompt_prefix, word_dropout
 
 SYSTEM = "chexquery"
 # seed 001 §10.1: total / trainable parameters per component (paper scale)
@@ -350,7 +350,7 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
           f"accumulation = effective batch {p.effective_batch_size}, lr {p.lr}, warmup {p.warmup_steps}, "
           f"label smoothing {p.label_smoothing}, lambda_gen {p.lambda_gen}, lambda_aux {p.lambda_aux}, "
           f"LoRA lr scale vision {p.vision_lora_lr_scale} / decoder {p.decoder_lora_lr_scale} / decoder "
-          f"cross-attention {p.decoder_cross_lora_lr_scale}")
+          f"cross-attention {p.decoder_cross_lora_lr_scale}, word dropout {p.word_dropout}")
 
     # model
     model = build_model(cfg).to(device)
@@ -405,6 +405,9 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
             training.set_lr(optimizer, lr)
             images = batch["image"].to(device)                                                    # (B, 3, H, W)
             ids, labels, mask = encode_targets(tokenizer, batch["report"], prompt, cfg.data.max_report_tokens, start_id)
+            if p.word_dropout:  # one generator per micro-batch: a resumed run draws the same masks
+                draw = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 1_009 + micro)
+                ids = word_dropout(ids, labels, p.word_dropout, tokenizer.unk_token_id, draw)
             with ctx:
                 out = model(images, ids.to(device), mask.to(device))                             # logits (B, T, W)
                 terms = chexquery_losses(out, labels.to(device), aux_targets(batch, cfg).to(device),

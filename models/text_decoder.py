@@ -156,6 +156,22 @@ def encode_targets(tokenizer, reports, prompt, max_tokens, decoder_start_token_i
     return decoder_input_ids, labels, mask
 
 
+def word_dropout(decoder_input_ids, labels, rate, replacement_id, generator=None):
+    """Replace each report token among the decoder INPUTS by `replacement_id` with probability `rate`.
+
+    decoder_input_ids, labels (B, T) as encode_targets returns them. The input at t + 1 is the target at t,
+    so the report inputs are the positions t + 1 where labels[t] and labels[t + 1] are both in the loss (the
+    second excludes the padding after a shorter report's </s>); the prompt, the start token, the padding and
+    every target stay as they are. Training only: the decoder has to take more of each next token from the
+    visual tokens and less from the report words before it."""
+    if rate <= 0:
+        return decoder_input_ids
+    report_input = torch.zeros_like(labels, dtype=torch.bool)                      # (B, T)
+    report_input[:, 1:] = (labels[:, :-1] != IGNORE) & (labels[:, 1:] != IGNORE)
+    drop = report_input & (torch.rand(labels.shape, generator=generator) < rate)   # (B, T)
+    return torch.where(drop, torch.full_like(decoder_input_ids, replacement_id), decoder_input_ids)
+
+
 def generation_loss(logits, labels, label_smoothing=0.0):
     """logits (B, T, W), labels (B, T) with -100 = not in the loss -> mean token cross-entropy."""
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,

@@ -6,7 +6,8 @@ import torch
 from models.chexquery import ChexQuery, ChexQueryConfig, chexquery_losses
 from models.cross_attention import CrossAttentionModule
 from models.gated_fusion import GatedFusion
-from models.text_decoder import IGNORE, TextDecoderConfig, encode_targets, load_tokenizer, prompt_prefix
+from models.text_decoder import (IGNORE, TextDecoderConfig, encode_targets, load_tokenizer, prompt_prefix,
+                                 word_dropout)
 
 GEN = dict(num_beams=4, no_repeat_ngram_size=3, length_penalty=1.0, early_stopping=True, min_length=4, max_length=12)
 
@@ -107,6 +108,26 @@ def test_prompt_tokens_excluded_from_loss(tokenizer):
     assert torch.equal(chexquery_losses({**out, "logits": bumped}, labels, torch.zeros(1, 14), 1.0, 0.5)["generation"], base)
     bumped[0, n_prompt] += torch.randn(640) * 10
     assert chexquery_losses({**out, "logits": bumped}, labels, torch.zeros(1, 14), 1.0, 0.5)["generation"] != base
+
+
+def test_word_dropout_replaces_only_report_inputs(tokenizer):
+    prompt = "Write the report: "
+    reports = ["Findings: heart normal. | Impression: normal.", "Findings: large left pleural effusion."]
+    ids, labels, _ = encode_targets(tokenizer, reports, prompt, 100, 0)
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+    unk = tokenizer.convert_tokens_to_ids("<extra_id_0>")   # an id no encoded text contains
+    assert not (ids == unk).any()
+    assert torch.equal(word_dropout(ids, labels, 0.0, unk), ids)
+    everything = word_dropout(ids, labels, 1.0, unk)
+    report_inputs = torch.zeros_like(ids, dtype=torch.bool)
+    for row, report in enumerate(reports):   # inputs 1 + n_prompt ... 1 + n_prompt + len(report) - 1
+        n_report = len(tokenizer(report, add_special_tokens=False).input_ids)
+        report_inputs[row, 1 + n_prompt:1 + n_prompt + n_report] = True
+    assert torch.equal(everything == unk, report_inputs)            # start, prompt and padding untouched
+    assert torch.equal(everything[~report_inputs], ids[~report_inputs])
+    half = word_dropout(ids, labels, 0.5, unk, torch.Generator().manual_seed(0))
+    again = word_dropout(ids, labels, 0.5, unk, torch.Generator().manual_seed(0))
+    assert torch.equal(half, again) and 0 < int((half == unk).sum()) < int(report_inputs.sum())
 
 
 def test_loss_terms_match_hand_computation():
