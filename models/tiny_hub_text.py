@@ -79,12 +79,11 @@ def counted_unigram_tokenizer(reports, vocab_size, extra_ids, model_max_length):
     """Unigram pieces counted on the corpus (whole words first), wrapped as a transformers T5Tokenizer.
 
     Why not UnigramTrainer: on the phantom corpus (~260 distinct words) the `tokenizers` trainer keeps only
-    ~410-510 pieces, mostly characters and word fragments ("Findings" -> _ F i nding s): 2.8 tokens per word.
-    A sentencepiece model of a corpus this small, with room for every word, would hold the words themselves.
-    Pieces: "\u2581word" and punctuation, as the pre-tokenizer leaves them, by count (log relative frequency as
-    score) until the budget is full, and every character seen plus ASCII letters, digits and punctuation, alone
-    and after "\u2581", scored below any word,
-    so any text still tokenizes. Vocabulary = [<pad>, </s>, <unk>, pieces...] + `extra_ids` sentinels."""
+    ~410-510 pieces, mostly characters and word fragments ("Findings" -> _ F i nding s): 2.8 tokens per word,
+    although the budget has room for every word. Pieces here: "\u2581word" and punctuation, as the
+    pre-tokenizer leaves them, by count (score = log relative frequency) until the budget is full; then every
+    character seen plus ASCII letters, digits and punctuation, alone and after "\u2581", scored below any
+    word, so any text still tokenizes. Vocabulary = [<pad>, </s>, <unk>, pieces...] + `extra_ids` sentinels."""
     pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                    pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
     counts, characters = Counter(), set()
