@@ -57,16 +57,23 @@ def train_wordpiece_tokenizer(reports, vocab_size=BERT_VOCAB_SIZE):
     return BertTokenizer(vocab=tokenizer.get_vocab(), do_lower_case=True, model_max_length=TEXT_MAX_LENGTH)
 
 
+T5_SPECIALS = ["<pad>", "</s>", "<unk>"]   # ids 0, 1, 2 of every Unigram vocabulary here
+
+
+def t5_pre_tokenizer():
+    """The pre-tokenizer T5Tokenizer installs: whitespace split, then "\u2581" before each word."""
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
+
+
 def train_unigram_tokenizer(reports, vocab_size, extra_ids, model_max_length):
     """Cased Unigram (sentencepiece-style) pieces, wrapped as a transformers T5Tokenizer.
 
     The learned vocabulary is [<pad>, </s>, <unk>, pieces...]; `extra_ids` sentinels are appended."""
     tokenizer = Tokenizer(tok_models.Unigram())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([  # the same pre-tokenizer T5Tokenizer installs
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size - extra_ids, unk_token="<unk>",
-                                      special_tokens=["<pad>", "</s>", "<unk>"])
+    tokenizer.pre_tokenizer = t5_pre_tokenizer()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size - extra_ids, unk_token="<unk>", special_tokens=T5_SPECIALS)
     tokenizer.train_from_iterator(reports, trainer)
     pieces = [(piece, score) for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"]]
     return T5Tokenizer(vocab=pieces, extra_ids=extra_ids, model_max_length=model_max_length)
@@ -84,25 +91,25 @@ def counted_unigram_tokenizer(reports, vocab_size, extra_ids, model_max_length):
     pre-tokenizer leaves them, by count (score = log relative frequency) until the budget is full; then every
     character seen plus ASCII letters, digits and punctuation, alone and after "\u2581", scored below any
     word, so any text still tokenizes. Vocabulary = [<pad>, </s>, <unk>, pieces...] + `extra_ids` sentinels."""
-    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                   pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
+    pre = t5_pre_tokenizer()
     counts, characters = Counter(), set()
     for report in reports:
         for word, _ in pre.pre_tokenize_str(report):
             counts.update(WORD_PIECE.findall(word))
             characters.update(word.replace("\u2581", ""))
     characters |= set(string.ascii_letters + string.digits + string.punctuation)   # a small corpus lacks some
-    fallback = sorted({"\u2581"} | characters | {"\u2581" + c for c in characters})
-    budget = vocab_size - extra_ids - 3 - len(fallback)
+    fallback = sorted({"\u2581"} | characters | {"\u2581" + c for c in characters})   # sorted: fixed ids
+    budget = vocab_size - extra_ids - len(T5_SPECIALS) - len(fallback)
     if budget < 0:
         raise ValueError(f"counted_unigram_tokenizer: {len(fallback)} character pieces do not fit {vocab_size} rows")
-    words = [(piece, n) for piece, n in counts.most_common() if piece not in fallback][:budget]
+    in_fallback = set(fallback)
+    words = [(piece, n) for piece, n in counts.most_common() if piece not in in_fallback][:budget]
     total = sum(counts.values())
     pieces = [(piece, math.log(n / total)) for piece, n in words]
     floor = min((score for _, score in pieces), default=0.0) - 10.0
     pieces += [(piece, math.log(counts[piece] / total) if counts[piece] else floor) for piece in fallback]
-    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    return T5Tokenizer(vocab=specials + pieces, extra_ids=extra_ids, model_max_length=model_max_length)
+    return T5Tokenizer(vocab=[(token, 0.0) for token in T5_SPECIALS] + pieces, extra_ids=extra_ids,
+                       model_max_length=model_max_length)
 
 
 def check_vocab_fits(tokenizer, vocab_size, what):
