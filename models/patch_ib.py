@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.patch_ib_towers import build_towers, gather_tokens
+from models.patch_ib_towers import build_towers
 
 VARIANTS = {  # model.variant -> switches
     "A": dict(local=False, patch_ib=False, selection="none"),

@@ -16,7 +16,6 @@ Shape letters: B batch, P patches (576 at 384 px / 16), D vision width (768 pape
 """
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 

@@ -2,7 +2,6 @@
 resume, bad input (missing image, empty and all-XXXX reports, prompt without placeholder).
 Run: /work/venv/bin/python -m pytest -q tests/test_chexquery_train.py"""
 import csv
-import importlib.util
 import json
 
 import pytest
