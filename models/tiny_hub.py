@@ -9,6 +9,7 @@ phantom data with the family's usual objective:
     tiny-hub/bert-mlm         save_pretrained dir (+tok.)    masked LM              Bio_ClinicalBERT, BioBERT, PubMedBERT
     tiny-hub/t5-span          save_pretrained dir (+tok.)    span corruption        Flan-T5
     tiny-hub/siglip           save_pretrained dir (+tok.)    sigmoid contrastive    SigLIP, BiomedCLIP's towers
+    tiny-hub/siglip-cxr       save_pretrained dir (+tok.)    sigmoid + 4 x label    SigLIP as CheXQuery's vision tower
     tiny-hub/mae-vit          .pth {'model': ...} (MedMAE)   MAE, 75% masking       MedMAE ViT
     tiny-hub/densenet-small   .pth state_dict (torchvision)  14-label BCE           torchvision DenseNet-121
 
@@ -66,6 +67,8 @@ HUB = {entry.name: entry for entry in [
     HubEntry("tiny-hub/t5-span", "t5-span", tiny_hub_text.build_t5_span, 600, False, "Flan-T5",
              version=2),    # 2: counted word pieces (tiny_hub_text.counted_unigram_tokenizer)
     HubEntry("tiny-hub/siglip", "siglip", tiny_hub_text.build_siglip, 400, True, "SigLIP, BiomedCLIP towers"),
+    HubEntry("tiny-hub/siglip-cxr", "siglip-cxr", tiny_hub_text.build_siglip_cxr, 800, True,
+             "SigLIP as CheXQuery's vision tower (+ 4 x 14-label BCE)"),
     HubEntry("tiny-hub/mae-vit", "mae-vit.pth", tiny_hub_vision.build_mae_vit, 150, True, "MedMAE ViT"),
     HubEntry("tiny-hub/densenet-small", "densenet-small.pth", tiny_hub_vision.build_densenet_small, 120, False,
              "torchvision DenseNet-121"),
