@@ -118,11 +118,13 @@ def random_init_twin(name, cls=None, image_size=tiny_hub.DEFAULT_IMAGE_SIZE):
     tiny-hub names use the fixed tiny configs (nothing is built). Other HF names need `cls` and their
     config.json locally (a directory, or the HF cache), else PretrainedLoadError."""
     if tiny_hub.is_hub_name(name):
+        def siglip():
+            return tiny_hub_text.SiglipModel(tiny_hub_text.siglip_config(image_size))
         makers = {
             "tiny-hub/bert-mlm": lambda: tiny_hub_text.BertForMaskedLM(tiny_hub_text.bert_config()),
             "tiny-hub/t5-span": lambda: tiny_hub_text.T5ForConditionalGeneration(tiny_hub_text.t5_config()),
-            "tiny-hub/siglip": lambda: tiny_hub_text.SiglipModel(tiny_hub_text.siglip_config(image_size)),
-            "tiny-hub/siglip-cxr": lambda: tiny_hub_text.SiglipModel(tiny_hub_text.siglip_config(image_size)),
+            "tiny-hub/siglip": siglip,
+            "tiny-hub/siglip-cxr": siglip,    # the same SiglipModel shape, built with a label loss
             "tiny-hub/mae-vit": lambda: tiny_hub_vision.MaskedAutoencoderViT(
                 tiny_hub_vision.TinyMaeConfig(image_size=image_size)),
             "tiny-hub/densenet-small": tiny_hub_vision.tiny_densenet,

@@ -226,7 +226,27 @@ def siglip_batch(tokenizer, reports, images):
     """images: (B, 3, H, W) in [0, 1] -> SigLIP pixel values (x - 0.5) / 0.5; texts padded to 64."""
     encoded = tokenizer(reports, padding="max_length", truncation=True, max_length=SIGLIP_TEXT_LENGTH,
                         return_tensors="pt")
-    return dict(input_ids=encoded["input_ids"], pixel_values=(images - 0.5) / 0.5)
+    return dict(input_ids=encoded["input_ids"], pixel_values=siglip_pixels(images))
+
+
+def siglip_pixels(images):
+    """(B, 3, H, W) in [0, 1] -> SigLIP's (x - 0.5) / 0.5."""
+    return (images - 0.5) / 0.5
+
+
+def siglip_tokenizer(corpus, name):
+    tokenizer = train_unigram_tokenizer(corpus["reports"], SIGLIP_VOCAB_SIZE, 0, SIGLIP_TEXT_LENGTH)
+    check_vocab_fits(tokenizer, SIGLIP_VOCAB_SIZE, name)
+    return tokenizer
+
+
+def siglip_batches(tokenizer, data, with_labels=False):
+    """The (idx, gen) -> batch function of the SigLIP builds: return_loss=True, or the 14 labels for
+    SiglipWithLabelHead."""
+    def batch(idx, gen):
+        out = siglip_batch(tokenizer, [data["reports"][i] for i in idx], data["images"][idx])
+        return dict(out, labels=data["labels"][idx]) if with_labels else dict(out, return_loss=True)
+    return batch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,13 +350,11 @@ def image_to_text_top1(model, tokenizer, data, batch_size=32):
 
 def build_siglip(out_dir, corpus, held_out, steps=300, seed=0, progress=None, image_size=96):
     torch.manual_seed(seed)
-    tokenizer = train_unigram_tokenizer(corpus["reports"], SIGLIP_VOCAB_SIZE, 0, SIGLIP_TEXT_LENGTH)
-    check_vocab_fits(tokenizer, SIGLIP_VOCAB_SIZE, "tiny-hub/siglip")
+    tokenizer = siglip_tokenizer(corpus, "tiny-hub/siglip")
     model, twin = new_siglip(image_size), SiglipModel(siglip_config(image_size))
 
     def batches(data):
-        return lambda idx, gen: dict(return_loss=True, **siglip_batch(
-            tokenizer, [data["reports"][i] for i in idx], data["images"][idx]))
+        return siglip_batches(tokenizer, data)
     loss_twin = evaluate_loss(twin, batches(held_out), len(held_out["reports"]), 32)
     loss_before = evaluate_loss(model, batches(held_out), len(held_out["reports"]), 32)
     top1_before = image_to_text_top1(model, tokenizer, held_out)
@@ -364,7 +382,7 @@ class SiglipWithLabelHead(torch.nn.Module):
         features = torch.cat([vision_output.pooler_output, tokens.mean(1), tokens.amax(1)], dim=-1)
         return self.head(features)                                                      # (B, C)
 
-    def forward(self, input_ids, pixel_values, labels, return_loss=True):
+    def forward(self, input_ids, pixel_values, labels):
         out = self.siglip(input_ids=input_ids, pixel_values=pixel_values, return_loss=True)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(
             self.label_logits(out.vision_model_output), labels)
@@ -377,7 +395,7 @@ def label_head_auroc(model, data, batch_size=64):
     from models.tiny_hub_vision import macro_auroc
     model.eval()
     logits = torch.cat([model.label_logits(model.siglip.vision_model(
-        pixel_values=(data["images"][s:s + batch_size] - 0.5) / 0.5))
+        pixel_values=siglip_pixels(data["images"][s:s + batch_size])))
         for s in range(0, len(data["images"]), batch_size)])
     return macro_auroc(logits, data["labels"])
 
@@ -389,15 +407,13 @@ def build_siglip_cxr(out_dir, corpus, held_out, steps=800, seed=0, progress=None
     tower holds the large findings but hardly the small ones (docs/chexquery.md); CheXQuery's tiny default
     uses this one, Patch-IB keeps tiny-hub/siglip."""
     torch.manual_seed(seed)
-    tokenizer = train_unigram_tokenizer(corpus["reports"], SIGLIP_VOCAB_SIZE, 0, SIGLIP_TEXT_LENGTH)
-    check_vocab_fits(tokenizer, SIGLIP_VOCAB_SIZE, "tiny-hub/siglip-cxr")
+    tokenizer = siglip_tokenizer(corpus, "tiny-hub/siglip-cxr")
     num_labels = corpus["labels"].shape[1]
     model = SiglipWithLabelHead(new_siglip(image_size), num_labels, label_weight)
     twin = SiglipWithLabelHead(SiglipModel(siglip_config(image_size)), num_labels, label_weight)
 
     def batches(data):
-        return lambda idx, gen: dict(labels=data["labels"][idx], **siglip_batch(
-            tokenizer, [data["reports"][i] for i in idx], data["images"][idx]))
+        return siglip_batches(tokenizer, data, with_labels=True)
     loss_twin = evaluate_loss(twin, batches(held_out), len(held_out["reports"]), 32)
     loss_before = evaluate_loss(model, batches(held_out), len(held_out["reports"]), 32)
     train_steps(model, batches(corpus), len(corpus["reports"]), steps, 32, 1e-3, seed, progress)

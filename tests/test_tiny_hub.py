@@ -143,7 +143,7 @@ def test_siglip_cxr_reloads_as_plain_siglip_and_its_labels_learn(tmp_path, corpo
     """The label-supervised build saves only the SigLIP pair (the 14-label head is build-time only): it
     reloads with SiglipModel.from_pretrained, and its build objective and label head beat the random twin's."""
     path, m, model = build("tiny-hub/siglip-cxr", tmp_path, corpora, steps=150)     # ~25 s on 2 cores
-    assert isinstance(model, SiglipModel) and not any("head.weight" == k for k in model.state_dict())
+    assert isinstance(model, SiglipModel) and "head.weight" not in model.state_dict()
     tokenizer = AutoTokenizer.from_pretrained(path)
     reloaded = SiglipModel.from_pretrained(path)
     held = corpora[1]
@@ -151,7 +151,7 @@ def test_siglip_cxr_reloads_as_plain_siglip_and_its_labels_learn(tmp_path, corpo
     with torch.no_grad():
         assert torch.equal(model(**batch).logits_per_image, reloaded(**batch).logits_per_image)
     assert m["after"] < 0.5 * m["random_twin"], m
-    assert m["auroc_label_head"] > 0.6, m     # 0.64 measured (150 steps, 64 px); an untrained head is ~0.5
+    assert m["auroc_label_head"] > 0.6, m     # 0.63-0.65 over 4 runs (150 steps, 64 px); an untrained head is ~0.5
     assert m["objective"].startswith("sigmoid contrastive + 4 x 14-label BCE"), m
 
 
