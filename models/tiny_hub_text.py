@@ -353,13 +353,12 @@ def build_siglip(out_dir, corpus, held_out, steps=300, seed=0, progress=None, im
     tokenizer = siglip_tokenizer(corpus, "tiny-hub/siglip")
     model, twin = new_siglip(image_size), SiglipModel(siglip_config(image_size))
 
-    def batches(data):
-        return siglip_batches(tokenizer, data)
-    loss_twin = evaluate_loss(twin, batches(held_out), len(held_out["reports"]), 32)
-    loss_before = evaluate_loss(model, batches(held_out), len(held_out["reports"]), 32)
+    held_batches = siglip_batches(tokenizer, held_out)
+    loss_twin = evaluate_loss(twin, held_batches, len(held_out["reports"]), 32)
+    loss_before = evaluate_loss(model, held_batches, len(held_out["reports"]), 32)
     top1_before = image_to_text_top1(model, tokenizer, held_out)
-    train_steps(model, batches(corpus), len(corpus["reports"]), steps, 32, 1e-3, seed, progress)
-    loss_after = evaluate_loss(model, batches(held_out), len(held_out["reports"]), 32)
+    train_steps(model, siglip_batches(tokenizer, corpus), len(corpus["reports"]), steps, 32, 1e-3, seed, progress)
+    loss_after = evaluate_loss(model, held_batches, len(held_out["reports"]), 32)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return dict(objective="sigmoid contrastive loss (batch 32)", random_twin=loss_twin, before=loss_before,
@@ -412,12 +411,12 @@ def build_siglip_cxr(out_dir, corpus, held_out, steps=800, seed=0, progress=None
     model = SiglipWithLabelHead(new_siglip(image_size), num_labels, label_weight)
     twin = SiglipWithLabelHead(SiglipModel(siglip_config(image_size)), num_labels, label_weight)
 
-    def batches(data):
-        return siglip_batches(tokenizer, data, with_labels=True)
-    loss_twin = evaluate_loss(twin, batches(held_out), len(held_out["reports"]), 32)
-    loss_before = evaluate_loss(model, batches(held_out), len(held_out["reports"]), 32)
-    train_steps(model, batches(corpus), len(corpus["reports"]), steps, 32, 1e-3, seed, progress)
-    loss_after = evaluate_loss(model, batches(held_out), len(held_out["reports"]), 32)
+    held_batches = siglip_batches(tokenizer, held_out, with_labels=True)
+    loss_twin = evaluate_loss(twin, held_batches, len(held_out["reports"]), 32)
+    loss_before = evaluate_loss(model, held_batches, len(held_out["reports"]), 32)
+    train_steps(model, siglip_batches(tokenizer, corpus, with_labels=True), len(corpus["reports"]), steps, 32, 1e-3,
+                seed, progress)
+    loss_after = evaluate_loss(model, held_batches, len(held_out["reports"]), 32)
     model.siglip.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return dict(objective=f"sigmoid contrastive + {label_weight:g} x 14-label BCE (batch 32)", random_twin=loss_twin,

@@ -130,8 +130,7 @@ def test_siglip_reloads_and_beats_random_twin(tmp_path, corpora):
     assert batch["input_ids"].shape == (8, text.SIGLIP_TEXT_LENGTH)
     with torch.no_grad():
         assert torch.equal(model(**batch).logits_per_image, reloaded(**batch).logits_per_image)
-    batches = lambda idx, gen: dict(return_loss=True, **text.siglip_batch(  # noqa: E731
-        tokenizer, [held["reports"][i] for i in idx], held["images"][idx]))
+    batches = text.siglip_batches(tokenizer, held)
     torch.manual_seed(1)
     twin = pretrained.random_init_twin("tiny-hub/siglip", image_size=IMAGE_SIZE)
     loss_trained = text.evaluate_loss(reloaded, batches, len(held["reports"]), 32)
