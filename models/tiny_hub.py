@@ -19,7 +19,9 @@ Design choices:
   (tmp + os.replace). No marker = not built: a half-built model is deleted and rebuilt.
 - Data: phantoms from the "hub" seed range only (data.phantom.PHANTOM_SPLIT_SEEDS["hub"]), so the hub never
   sees a downstream train/val/test phantom; held-out measurements use indices from HELD_OUT_START on.
-- Reproducible: fixed seeds and fixed step counts; `torch.set_num_threads` uses every core during a build.
+- Fixed seeds and fixed step counts; `torch.set_num_threads` uses every core during a build. Two builds on one
+  machine (same core count) give bit-identical files for the SigLIP, T5 and vision entries; not yet for
+  tiny-hub/bert-mlm, whose WordPieceTrainer vocabulary differs per process (tiny_hub_text).
 - The vision models' image size is a build parameter (default 96 = a 6x6 grid of 16-px patches);
   consumers at 64-128 px resample the position embeddings (timm does it on load; SigLIP takes
   `interpolate_pos_encoding=True`).
@@ -66,9 +68,10 @@ HUB = {entry.name: entry for entry in [
              "Bio_ClinicalBERT / BioBERT / PubMedBERT"),
     HubEntry("tiny-hub/t5-span", "t5-span", tiny_hub_text.build_t5_span, 600, False, "Flan-T5",
              version=2),    # 2: counted word pieces (tiny_hub_text.counted_unigram_tokenizer)
-    HubEntry("tiny-hub/siglip", "siglip", tiny_hub_text.build_siglip, 400, True, "SigLIP, BiomedCLIP towers"),
+    HubEntry("tiny-hub/siglip", "siglip", tiny_hub_text.build_siglip, 400, True, "SigLIP, BiomedCLIP towers",
+             version=2),    # 2: counted word pieces, the same in every build (tiny_hub_text.counted_unigram_tokenizer)
     HubEntry("tiny-hub/siglip-cxr", "siglip-cxr", tiny_hub_text.build_siglip_cxr, 800, True,
-             "SigLIP as CheXQuery's vision tower (+ 4 x 14-label BCE)"),
+             "SigLIP as CheXQuery's vision tower (+ 4 x 14-label BCE)", version=2),   # 2: as siglip
     HubEntry("tiny-hub/mae-vit", "mae-vit.pth", tiny_hub_vision.build_mae_vit, 150, True, "MedMAE ViT"),
     HubEntry("tiny-hub/densenet-small", "densenet-small.pth", tiny_hub_vision.build_densenet_small, 120, False,
              "torchvision DenseNet-121"),

@@ -7,11 +7,15 @@ tokenizer.json/tokenizer_config.json) into `out_dir`, and returns (measurements,
 on held-out phantoms before/after, beside a random-init twin). models/tiny_hub.py orchestrates them.
 
 Design choices:
-- Tokenizers are trained with the HF `tokenizers` library and wrapped in the transformers 5.x class of
-  the family (`BertTokenizer` for WordPiece, `T5Tokenizer` for Unigram), so `AutoTokenizer.from_pretrained`
-  rebuilds the same pipeline (normalizer, pre-tokenizer, [CLS]/[SEP] or </s> post-processing).
-- The T5 tokenizer's pieces are counted, not trained (counted_unigram_tokenizer): UnigramTrainer kept the
-  phantom corpus's words as fragments (2.8 pieces per word), where Flan-T5's vocabulary keeps such words whole.
+- Tokenizers are wrapped in the transformers 5.x class of the family (`BertTokenizer` for WordPiece,
+  `T5Tokenizer` for Unigram), so `AutoTokenizer.from_pretrained` rebuilds the same pipeline (normalizer,
+  pre-tokenizer, [CLS]/[SEP] or </s> post-processing).
+- The T5 and SigLIP pieces are counted on the corpus, whole words first (counted_unigram_tokenizer), not
+  learned by the HF `tokenizers` UnigramTrainer: on the phantom corpus (~260 distinct words) it kept the words
+  as fragments (2.8 pieces per word) where Flan-T5's vocabulary keeps such words whole, and it did not give
+  the same vocabulary in two processes (its required characters get scores 1e-4 apart in hash order, its
+  float sums differ by 1e-14), so tiny-hub/siglip(-cxr) builds differed run to run. Counted, they do not.
+- The BERT pieces still come from WordPieceTrainer, which is not reproducible either (train_wordpiece_tokenizer).
 - The T5 tokenizer carries 100 sentinels <extra_id_0>..<extra_id_99> as T5 does; they are appended after
   the learned pieces (so <extra_id_0> has the smallest sentinel id, unlike Google's T5 vocab).
 - SigLIP's own tokenizer class needs `sentencepiece` (not installed), so its text tower gets a Unigram
@@ -25,7 +29,6 @@ Design choices:
 
 Shape letters: B batch, L tokens, T target tokens, V vocabulary, D width.
 """
-import json
 import math
 import re
 import string
@@ -49,7 +52,12 @@ TEXT_MAX_LENGTH = 128       # BERT/T5 inputs are truncated to this many tokens
 # tokenizers
 
 def train_wordpiece_tokenizer(reports, vocab_size=BERT_VOCAB_SIZE):
-    """Lower-cased WordPiece over the reports, wrapped as a transformers BertTokenizer."""
+    """Lower-cased WordPiece over the reports, wrapped as a transformers BertTokenizer.
+
+    Not the same in every process: WordPieceTrainer breaks merge ties in hash order (five trainings on the hub
+    corpus gave five vocabularies, 41-55 pieces apart), so each build of tiny-hub/bert-mlm differs. A counted
+    whole-word vocabulary (as T5's and SigLIP's) would fix that, but it moved WSRPN-VL's seed-0 test RoDeO from
+    0.412 to 0.389 (docs/wsrpn_vl.md), so it waits until WSRPN-VL is re-measured on it."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokenizer = Tokenizer(tok_models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)   # same as BertTokenizer's
@@ -67,18 +75,6 @@ def t5_pre_tokenizer():
     return pre_tokenizers.Sequence([
         pre_tokenizers.WhitespaceSplit(),
         pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
-
-
-def train_unigram_tokenizer(reports, vocab_size, extra_ids, model_max_length):
-    """Cased Unigram (sentencepiece-style) pieces, wrapped as a transformers T5Tokenizer.
-
-    The learned vocabulary is [<pad>, </s>, <unk>, pieces...]; `extra_ids` sentinels are appended."""
-    tokenizer = Tokenizer(tok_models.Unigram())
-    tokenizer.pre_tokenizer = t5_pre_tokenizer()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size - extra_ids, unk_token="<unk>", special_tokens=T5_SPECIALS)
-    tokenizer.train_from_iterator(reports, trainer)
-    pieces = [(piece, score) for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"]]
-    return T5Tokenizer(vocab=pieces, extra_ids=extra_ids, model_max_length=model_max_length)
 
 
 WORD_PIECE = re.compile(r"\u2581?\w+|\u2581|[^\w\u2581]")
@@ -235,7 +231,7 @@ def siglip_pixels(images):
 
 
 def siglip_tokenizer(corpus, name):
-    tokenizer = train_unigram_tokenizer(corpus["reports"], SIGLIP_VOCAB_SIZE, 0, SIGLIP_TEXT_LENGTH)
+    tokenizer = counted_unigram_tokenizer(corpus["reports"], SIGLIP_VOCAB_SIZE, 0, SIGLIP_TEXT_LENGTH)
     check_vocab_fits(tokenizer, SIGLIP_VOCAB_SIZE, name)
     return tokenizer
 

@@ -10,6 +10,8 @@ Each family is built with a small step budget on small phantom corpora into a te
 """
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -99,6 +101,27 @@ def test_t5_span_reloads_and_beats_random_twin(tmp_path, corpora):
     loss_trained = text.evaluate_loss(reloaded, batches, len(held), 32)
     loss_twin = text.evaluate_loss(twin, batches, len(held), 32)
     assert loss_trained < loss_twin - 1.5, (loss_trained, loss_twin)
+
+
+VOCAB_SCRIPT = """
+import hashlib, json
+from models import tiny_hub, tiny_hub_text as text
+reports = tiny_hub.phantom_corpus(192, 64, 0, "")["reports"]
+siglip = text.siglip_tokenizer(dict(reports=reports), "tiny-hub/siglip")
+t5 = text.counted_unigram_tokenizer(reports, text.T5_VOCAB_SIZE, text.T5_SENTINELS, 128)
+digest = lambda tok: hashlib.sha1(tok.backend_tokenizer.to_str().encode()).hexdigest()
+print(json.dumps(dict(siglip=digest(siglip), t5=digest(t5))))
+"""
+
+
+def test_tokenizers_are_the_same_in_every_process():
+    """The hub's SigLIP and T5 tokenizers (pieces, ids and scores) come out identical in separate processes.
+    UnigramTrainer, which made SigLIP's before, did not: it gave its required characters scores 1e-4 apart in
+    hash order. (tiny-hub/bert-mlm's WordPieceTrainer still differs per process: train_wordpiece_tokenizer.)"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = [subprocess.run([sys.executable, "-c", VOCAB_SCRIPT], cwd=root, capture_output=True, text=True,
+                           check=True).stdout.strip().splitlines()[-1] for _ in range(2)]
+    assert runs[0] == runs[1], runs
 
 
 def test_t5_tokenizer_keeps_phantom_words_whole(tmp_path, corpora):
