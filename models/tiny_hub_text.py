@@ -57,7 +57,7 @@ def train_wordpiece_tokenizer(reports, vocab_size=BERT_VOCAB_SIZE):
     Not the same in every process: WordPieceTrainer breaks merge ties in hash order (five trainings on the hub
     corpus gave five vocabularies, 41-55 pieces apart), so each build of tiny-hub/bert-mlm differs. A counted
     whole-word vocabulary (as T5's and SigLIP's) would fix that, but it moved WSRPN-VL's seed-0 test RoDeO from
-    0.412 to 0.389 (docs/wsrpn_vl.md), so it waits until WSRPN-VL is re-measured on it."""
+    0.4235 (the dev box's current build) to 0.3887 (docs/wsrpn_vl.md), so it waits until WSRPN-VL is re-measured on it."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokenizer = Tokenizer(tok_models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)   # same as BertTokenizer's
