@@ -10,11 +10,8 @@ Design choices:
 - Tokenizers are wrapped in the transformers 5.x class of the family (`BertTokenizer` for WordPiece,
   `T5Tokenizer` for Unigram), so `AutoTokenizer.from_pretrained` rebuilds the same pipeline (normalizer,
   pre-tokenizer, [CLS]/[SEP] or </s> post-processing).
-- The T5 and SigLIP pieces are counted on the corpus, whole words first (counted_unigram_tokenizer), not
-  learned by the HF `tokenizers` UnigramTrainer: on the phantom corpus (~260 distinct words) it kept the words
-  as fragments (2.8 pieces per word) where Flan-T5's vocabulary keeps such words whole, and it did not give
-  the same vocabulary in two processes (its required characters get scores 1e-4 apart in hash order, its
-  float sums differ by 1e-14), so tiny-hub/siglip(-cxr) builds differed run to run. Counted, they do not.
+- The T5 and SigLIP pieces are counted on the corpus, whole words first, not learned by UnigramTrainer
+  (counted_unigram_tokenizer says why: fragments, and another vocabulary in every process).
 - The BERT pieces still come from WordPieceTrainer, which is not reproducible either (train_wordpiece_tokenizer).
 - The T5 tokenizer carries 100 sentinels <extra_id_0>..<extra_id_99> as T5 does; they are appended after
   the learned pieces (so <extra_id_0> has the smallest sentinel id, unlike Google's T5 vocab).
@@ -88,7 +85,10 @@ def counted_unigram_tokenizer(reports, vocab_size, extra_ids, model_max_length):
     although the budget has room for every word. Pieces here: "\u2581word" and punctuation, as the
     pre-tokenizer leaves them, by count (score = log relative frequency) until the budget is full; then every
     character seen plus ASCII letters, digits and punctuation, alone and after "\u2581", scored below any
-    word, so any text still tokenizes. Vocabulary = [<pad>, </s>, <unk>, pieces...] + `extra_ids` sentinels."""
+    word, so any text still tokenizes. Vocabulary = [<pad>, </s>, <unk>, pieces...] + `extra_ids` sentinels.
+    The trainer's vocabulary also differed per process (same pieces, but its required characters got scores 1e-4
+    apart in hash order and its float sums differed by 1e-14), so tiny-hub/siglip(-cxr) builds, which used it
+    until build 2, differed run to run; counted pieces are the same in every process."""
     pre = t5_pre_tokenizer()
     counts, characters = Counter(), set()
     for report in reports:

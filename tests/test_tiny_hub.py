@@ -1,6 +1,6 @@
 """Tests of the tiny model hub (models/tiny_hub*.py) and the loading entry point (models/pretrained.py).
 
-Run:  /work/venv/bin/pytest -q tests/test_tiny_hub.py            (fast: all but T5, ~25 s on 2 cores)
+Run:  /work/venv/bin/pytest -q tests/test_tiny_hub.py            (fast: all but T5, ~38 s on 2 cores)
       /work/venv/bin/pytest -q -m slow tests/test_tiny_hub.py    (the T5 build test, ~10 s)
 
 Each family is built with a small step budget on small phantom corpora into a temp cache, then
