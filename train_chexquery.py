@@ -28,6 +28,7 @@ best.pt (lowest validation generation loss) and metrics.json (test split of best
 # ----------------------------------------------------------------------------------------------------------
 # imports
 import argparse
+import fnmatch
 import json
 import time
 from pathlib import Path
@@ -36,11 +37,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import evals.chexquery
 import training
+from evals import tables
 from data.loader import batches_per_epoch, epoch_loader
 from data.sample import DataError
-from metrics.summary import mean_std
-from models.chexquery import PHASE_TRAINABLE, ChexQuery, ChexQueryConfig, chexquery_losses, parameter_table
+from models.chexquery import ChexQuery, ChexQueryConfig, chexquery_losses
 from models.text_decoder import encode_targets, prompt_prefix, word_dropout
 
 SYSTEM = "chexquery"
@@ -50,6 +52,38 @@ SEED_PARAMETERS = {
     "cross_attention": (12e6, 12e6), "gated_fusion": (2e6, 2e6), "auxiliary_head": (300e3, 300e3),
     "text_decoder": (248e6, 1.5e6), "total": (350e6, 16e6),
 }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# phase freezing (seed 001 §6.1, §7.4): fnmatch patterns over parameter names; every other parameter is frozen
+
+QUERY_MODULES = ["condition_queries.*", "anatomical_queries.*", "cross_attention.*", "gated_fusion.*"]
+PHASE_TRAINABLE = {
+    1: QUERY_MODULES + ["auxiliary_head.*"],                                          # encoders frozen
+    2: QUERY_MODULES + ["auxiliary_head.*", "vision_encoder.*lora_*", "text_decoder.*lora_*"],   # + LoRA
+    3: QUERY_MODULES + ["text_decoder.*lora_*"],                                      # vision fully frozen, aux off
+}
+
+
+def trainable_patterns(model, phase):
+    """PHASE_TRAINABLE[phase], plus the decoder's input projection when it has one (decoder width != D): it is
+    new, so it trains in every phase."""
+    patterns = list(PHASE_TRAINABLE[phase])
+    if any(True for _ in model.text_decoder.projection.parameters()):
+        patterns.append("text_decoder.projection.*")
+    return patterns
+
+
+def parameter_table(model):
+    """component -> {"total": params, phase: trainable params under trainable_patterns}; requires_grad unchanged."""
+    table = {}
+    for name, p in model.named_parameters():
+        row = table.setdefault(name.split(".")[0], {"total": 0, 1: 0, 2: 0, 3: 0})
+        row["total"] += p.numel()
+        for phase in (1, 2, 3):
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in trainable_patterns(model, phase)):
+                row[phase] += p.numel()
+    return table
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -182,12 +216,7 @@ def print_parameter_table(model, compare_seed=False):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# evaluation (evaluate.py calls evaluate_checkpoint; the run's final test uses the same code)
-
-def generation_settings(cfg):
-    return {k: cfg.generation[k] for k in ("num_beams", "no_repeat_ngram_size", "length_penalty", "early_stopping",
-                                           "min_length", "max_length")}
-
+# evaluation (evals/chexquery.py; evaluate.py calls evaluate_checkpoint, the run's final test too)
 
 @torch.no_grad()
 def validation_loss(model, dataset, cfg, tokenizer, device, ctx, phase):
@@ -207,87 +236,6 @@ def validation_loss(model, dataset, cfg, tokenizer, device, ctx, phase):
             sums[k] += float(terms[k]) * n
         count += n
     return {f"val/{k}": v / max(count, 1) for k, v in sums.items()}
-
-
-@torch.no_grad()
-def generate_reports(model, images, tokenizer, cfg, device, ctx):
-    """images (B, 3, H, W) -> (list of B report strings, encode dict)."""
-    prompt_ids = tokenizer(prompt_prefix(cfg.data.prompt_template), add_special_tokens=False).input_ids
-    with ctx:
-        tokens, out = model.generate(images.to(device), prompt_ids, generation_settings(cfg))
-    return [t.strip() for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)], out
-
-
-def user_images(path):
-    path = Path(path)
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise DataError(f"--images {path}: no such file or folder; expected an image or a folder of images")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
-    if not files:
-        raise DataError(f"--images {path}: no image files ({', '.join(sorted(suffixes))}) in this folder")
-    return files
-
-
-def report_for_images(model, tokenizer, cfg, device, ctx, path, out_dir):
-    """Generate a report for each image under `path`; writes generated_reports.jsonl into out_dir."""
-    from data.io import load_image
-    from data.transforms import build_transform
-    transform = build_transform(False, cfg.data.image_size)
-    rows = []
-    for file in tqdm(user_images(path), desc="generate", leave=False):
-        image, _, _ = transform(load_image(file, str(file)))                    # (3, H, W) normalized
-        reports, _ = generate_reports(model, image[None], tokenizer, cfg, device, ctx)
-        rows.append({"image": str(file), "report": reports[0]})
-        print(f"{file}: {reports[0]}")
-    target = Path(out_dir) / "generated_reports.jsonl"
-    target.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"wrote {target}")
-    return rows
-
-
-def save_attention_pngs(model, dataset, count, cfg, tokenizer, device, ctx, out_dir):
-    """One PNG per image: each of the 20 queries' last-layer cross-attention over the image."""
-    from metrics.visualize import attention_grid
-    names = [f"C: {n}" for n in model.condition_queries.names] + [f"A: {n}" for n in model.anatomical_queries.names]
-    grid = model.vision_encoder.patch_grid
-    for i in range(min(count, len(dataset))):
-        sample = dataset[i]
-        report, out = generate_reports(model, sample["image"][None], tokenizer, cfg, device, ctx)
-        maps = out["attention"][0, -1].float().cpu().view(-1, grid, grid).numpy()   # (N, h, w)
-        image = (sample["image"][0].numpy() * 0.5 + 0.5).clip(0, 1)                # (H, W) un-normalized
-        attention_grid(image, maps, names, str(Path(out_dir) / f"cross_attention_{i:03d}.png"))
-
-
-def evaluate_model(model, dataset, cfg, tokenizer, device, ctx, train_reports=None):
-    """Generate for every sample -> text metrics, rule-based clinical F1, template baselines, aux AUROC."""
-    from metrics.classification import classification_metrics
-    from metrics.clinical import clinical_metrics
-    from metrics.text import template_baselines, text_metrics
-    from data.labels import CHEXPERT_LABELS
-    model.eval()
-    predictions, references, scores, targets = [], [], [], []
-    limit = cfg.eval.max_samples or len(dataset)
-    for batch in tqdm(epoch_loader(dataset, cfg.eval.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False),
-                      desc="evaluate", leave=False):
-        reports, out = generate_reports(model, batch["image"], tokenizer, cfg, device, ctx)
-        predictions += reports
-        references += list(batch["report"])
-        scores.append(torch.sigmoid(out["aux_logits"].float()).cpu())
-        targets.append(aux_targets(batch, cfg))
-        if len(predictions) >= limit:
-            break
-    predictions, references = predictions[:limit], references[:limit]
-    metrics = dict(text_metrics(predictions, references, meteor=cfg.eval.meteor))
-    metrics.update(clinical_metrics(predictions, references))
-    if train_reports:
-        metrics.update(template_baselines(train_reports, references))
-    scores, targets = torch.cat(scores)[:limit].numpy(), torch.cat(targets)[:limit].numpy()
-    metrics.update(classification_metrics(scores, targets, list(CHEXPERT_LABELS), prefix="aux/"))
-    metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
-    return metrics, predictions, references
 
 
 def train_reports_of(cfg):
@@ -311,15 +259,11 @@ def evaluate_checkpoint(checkpoint, args):
     tokenizer = load_tokenizer_for(cfg, checkpoint)
     out_dir = Path(getattr(args, "out_dir", None) or ".")
     if getattr(args, "images", None):
-        rows = report_for_images(model, tokenizer, cfg, device, ctx, args.images, out_dir)
-        return {"images/count": float(len(rows))}
-    dataset = build_dataset(cfg, args.split)
-    metrics, predictions, references = evaluate_model(model, dataset, cfg, tokenizer, device, ctx, train_reports_of(cfg))
-    (out_dir / f"reports_{args.split}.jsonl").write_text(
-        "".join(json.dumps({"generated": p, "reference": r}) + "\n" for p, r in zip(predictions, references)))
-    if getattr(args, "visualize", 0):
-        save_attention_pngs(model, dataset, args.visualize, cfg, tokenizer, device, ctx, out_dir)
-    return metrics
+        return evals.chexquery.predict_user_images(model, cfg, args.images, out_dir, device, ctx, tokenizer=tokenizer)
+    return evals.chexquery.evaluate(model, build_dataset(cfg, args.split), cfg, device, ctx, "",
+                                    getattr(args, "visualize", 0), out_dir, getattr(args, "bootstrap", 0),
+                                    tokenizer=tokenizer, targets_of=aux_targets, train_reports=train_reports_of(cfg),
+                                    split=args.split)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -358,8 +302,8 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     start_id = model.text_decoder.model.config.decoder_start_token_id
 
     # phase freezing (seed 001 §6.1): printed table of trainable / frozen parameters per module
-    print(f"phase {phase} trainable patterns: {model.trainable_patterns(phase)}")
-    trainable = training.set_trainable(model, model.trainable_patterns(phase))
+    print(f"phase {phase} trainable patterns: {trainable_patterns(model, phase)}")
+    trainable = training.set_trainable(model, trainable_patterns(model, phase))
 
     # optimizer + scaler
     optimizer = training.build_optimizer(model, p.lr, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay(),
@@ -391,7 +335,7 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     # loop
     eval_interval = cfg.train.eval_interval or steps_per_epoch
     stop_at = min(total_steps, cfg.train.stop_after_steps or total_steps)
-    progress = tqdm(total=stop_at, initial=step, desc=f"{SYSTEM} phase {phase}", dynamic_ncols=True, leave=False)
+    progress = tqdm(total=stop_at, initial=step, desc=f"{SYSTEM} phase {phase}", dynamic_ncols=True, leave=False, disable=None)
     while step < stop_at:
         epoch, start = divmod(step, steps_per_epoch)
         micro, data_s, compute_s = 0, 0.0, 0.0  # summed over the micro-batches of one optimizer step
@@ -491,37 +435,26 @@ def run_ablation(args):
     if unknown:
         raise training.ConfigError(f"--variants: unknown {unknown}; known: {', '.join(ABLATIONS)}")
     seeds = [int(x) for x in args.seeds.split(",") if x]
-    rows = {}
-    for variant in variants:
-        for seed in seeds:
-            run = root / variant / f"seed{seed}"
-            if not (run / "phase2" / "metrics.json").exists():
-                cfg = training.load_config(args.config, list(args.overrides) + ABLATIONS[variant] + [f"train.seed={seed}"])
-                wall, cpu = time.time(), time.process_time()
-                resume = None
-                for phase in (1, 2):
-                    train_phase(cfg, phase, run / f"phase{phase}", resume, final_test=phase == 2)
-                    resume = run / f"phase{phase}" / "best.pt"
-                (run / "time.json").write_text(json.dumps({"wall_s": time.time() - wall, "cpu_s": time.process_time() - cpu}))
-            metrics = json.loads((run / "phase2" / "metrics.json").read_text())
-            rows.setdefault(variant, []).append(metrics)
+
+    def train_run(variant, seed, run):
+        cfg = training.load_config(args.config, list(args.overrides) + ABLATIONS[variant] + [f"train.seed={seed}"])
+        wall, cpu = time.time(), time.process_time()
+        resume = None
+        for phase in (1, 2):
+            train_phase(cfg, phase, run / f"phase{phase}", resume, final_test=phase == 2)
+            resume = run / f"phase{phase}" / "best.pt"
+        (run / "time.json").write_text(json.dumps({"wall_s": time.time() - wall, "cpu_s": time.process_time() - cpu}))
+
+    rows, _ = tables.collect_runs(variants, seeds, lambda variant, seed: root / variant / f"seed{seed}", train_run,
+                                  done=("phase2/metrics.json",), read=lambda run: tables.read_metrics(run / "phase2"))
     baselines = rows[variants[-1]][-1] if rows else {}   # the templates score the same test references in every run
-    lines = ["| variant | seeds | " + " | ".join(ABLATION_COLUMNS) + " |", "|---" * (len(ABLATION_COLUMNS) + 2) + "|"]
-    summary = {}
-    for variant, runs in rows.items():
-        cells = []
-        for key in ABLATION_COLUMNS:
-            values = [float(r.get(key, float("nan"))) for r in runs]
-            summary[f"{variant}/{key}"] = values
-            cells.append(mean_std(values))
-        lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
+    body = [[variant, len(runs), *tables.mean_std_cells(runs, ABLATION_COLUMNS)] for variant, runs in rows.items()]
     for name in ("template_frequent", "template_normal"):
-        lines.append(f"| {name} (constant) | - | " + " | ".join(
-            f"{baselines[f'{name}/{k}']:.3f}" if f"{name}/{k}" in baselines else "-" for k in ABLATION_COLUMNS) + " |")
-    table = "\n".join(lines) + "\n"
-    (root / "ablation.md").write_text(table)
-    (root / "ablation.json").write_text(json.dumps(summary, indent=1))
-    print(table)
+        body.append([f"{name} (constant)", "-"] + [f"{baselines[f'{name}/{k}']:.3f}" if f"{name}/{k}" in baselines
+                                                  else "-" for k in ABLATION_COLUMNS])
+    summary = {f"{variant}/{key}": tables.values_of(runs, key) for variant, runs in rows.items() for key in ABLATION_COLUMNS}
+    tables.write_table(root / "ablation.md", tables.markdown(["variant", "seeds", *ABLATION_COLUMNS], body),
+                       root / "ablation.json", summary)
     return summary
 
 

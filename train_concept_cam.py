@@ -40,14 +40,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import evals.concept_cam
 import training
+from evals import tables
 from data.labels import NIH_BOX_CLASSES, VINDR_CONCEPTS
 from data.loader import SeededDataset, batches_per_epoch, epoch_loader, table_batches
 from data.phantom import DETAIL_TO_VINDR, PHANTOM_TO_VINDR, phantom_split
 from data.transforms import build_transform
 from metrics.summary import mean_std
-from models.concept_cam import (MEDMAE_MEAN, MEDMAE_STD, ConceptCAM, ConceptCamConfig, feature_map,
-                                 trainable_patterns)
+from models.concept_cam import MEDMAE_MEAN, MEDMAE_STD, ConceptCAM, ConceptCamConfig, feature_map
 from models.concept_losses import (bbox_guided_concept_loss, boxes_to_grid_masks, disease_loss,
                                    pos_weight_from_labels, soft_triple_loss)
 
@@ -57,6 +58,24 @@ NIH_TO_VINDR = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "E
                 "Infiltration": "Infiltration", "Mass": "Nodule/Mass", "Nodule": "Nodule/Mass",
                 "Pneumothorax": "Pneumothorax"}
 STAGE_METRIC = {1: "concept/auroc/macro", 2: "prototype_concept/auroc/macro", 3: "disease/auroc/macro"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stage freezing (seed 002 "What gets updated"): fnmatch patterns over parameter names; the rest is frozen
+
+STAGE_TRAINABLE = {
+    1: ["concept_head.*", "backbone.*"],     # backbone at lr * stage1.backbone_lr_scale (or frozen: freeze_backbone)
+    2: ["projector.*", "prototypes"],        # backbone and concept head frozen
+    3: {"prototype": ["task_head.*"], "linear": ["linear_task_head.*"]},   # stage3.task_head picks one
+}
+
+
+def trainable_patterns(stage, freeze_backbone=False, task_head="prototype"):
+    if stage not in STAGE_TRAINABLE:
+        raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
+    if stage == 3:
+        return list(STAGE_TRAINABLE[3]["prototype" if task_head == "prototype" else "linear"])
+    return [p for p in STAGE_TRAINABLE[stage] if not (freeze_backbone and p == "backbone.*")]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -116,7 +135,7 @@ def training_labels(dataset, key):
     """(N, K) labels of a dataset without loading images where the records hold them (VinDr)."""
     if hasattr(dataset, "records"):
         return torch.from_numpy(np.stack([r["extra"][key] for r in dataset.records])).float()
-    return torch.stack([dataset[i][key] for i in tqdm(range(len(dataset)), desc=f"{key} labels", leave=False)])
+    return torch.stack([dataset[i][key] for i in tqdm(range(len(dataset)), desc=f"{key} labels", leave=False, disable=None)])
 
 
 @torch.no_grad()
@@ -129,7 +148,7 @@ def feature_table(backbone, dataset, cfg, device, ctx):
     backbone.eval()
     loader = epoch_loader(dataset, cfg.train.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False,
                           num_workers=cfg.data.num_workers)
-    for batch in tqdm(loader, desc="backbone features (frozen, computed once)", leave=False):
+    for batch in tqdm(loader, desc="backbone features (frozen, computed once)", leave=False, disable=None):
         with ctx:
             table["features"].append(feature_map(backbone, batch["image"].to(device)).float().cpu())
         for key in ("concepts", "diseases", "id"):
@@ -240,7 +259,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
 
     # stages 2 and 3 leave the backbone frozen: without augmentation its feature map of an image never changes,
     # so it is computed once per training image before the loop and the stage trains the heads on that table
-    # (train.cache_features): no image is loaded or transformed again (`python -m data.benchmark --systems`)
+    # (train.cache_features): no image is loaded or transformed again (`python -m benchmarks.loading --systems`)
     table = None
     if stage > 1 and cfg.train.cache_features and not cfg.data.augment:
         table = feature_table(model.backbone, train_set, cfg, device, ctx)
@@ -251,7 +270,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
 
     # loop
     stop_at = cfg.train.stop_after_steps or total_steps
-    progress = tqdm(total=total_steps, initial=step, desc=f"stage {stage}", dynamic_ncols=True)
+    progress = tqdm(total=total_steps, initial=step, desc=f"stage {stage}", dynamic_ncols=True, disable=None)
     while step < min(total_steps, stop_at):
         epoch, start_batch = divmod(step, steps_per_epoch)
         loader = (table_batches(table, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch)
@@ -330,11 +349,10 @@ def evaluate_run(checkpoint_path, out_dir, visualize, device):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# evaluation (evaluate.py calls this; the training run's final test evaluation too)
+# evaluation (evals/concept_cam.py; evaluate.py calls evaluate_checkpoint, the run's final test too)
 
 def evaluate_checkpoint(checkpoint, args):
     """Loaded checkpoint dict + args (.split, .bootstrap, .visualize, .images, .out_dir, .device) -> flat dict."""
-    from models.concept_eval import evaluate_concept_cam, predict_user_images
     cfg = training.Config.wrap(checkpoint["config"])
     if cfg.train.get("num_threads"):
         torch.set_num_threads(cfg.train.num_threads)
@@ -346,14 +364,16 @@ def evaluate_checkpoint(checkpoint, args):
     if getattr(args, "images", None):
         transform = build_transform(False, cfg.model.image_size, mean=(MEDMAE_MEAN,) * 3, std=(MEDMAE_STD,) * 3,
                                     resize="stretch")
-        return predict_user_images(model, args.images, transform, stage, task_head, args.out_dir, device, ctx)
-    dataset = build_dataset(cfg, args.split)
-    metrics = evaluate_concept_cam(model, dataset, concept_boxes, cfg.data.dataset, stage, task_head, args, device,
-                                   ctx, cfg.eval.cam_threshold, cfg.train.batch_size)
+        return evals.concept_cam.predict_user_images(model, args.images, transform, stage, task_head, args.out_dir,
+                                                     device, ctx)
+    visualize, bootstrap = getattr(args, "visualize", 0), getattr(args, "bootstrap", 0)
+    metrics = evals.concept_cam.evaluate(model, build_dataset(cfg, args.split), cfg, device, ctx, "", visualize,
+                                         args.out_dir, bootstrap, stage=stage, concept_boxes=concept_boxes,
+                                         source=cfg.data.dataset)
     if cfg.data.get("nih_root"):
-        metrics.update(evaluate_concept_cam(model, build_nih_dataset(cfg), concept_boxes, "nih", 1, task_head, args,
-                                            device, ctx, cfg.eval.cam_threshold, cfg.train.batch_size,
-                                            prefix="nih/", classification=False))
+        metrics.update(evals.concept_cam.evaluate(model, build_nih_dataset(cfg), cfg, device, ctx, "nih/", visualize,
+                                                  args.out_dir, bootstrap, stage=1, concept_boxes=concept_boxes,
+                                                  source="nih", classification=False))
     return metrics
 
 
@@ -416,11 +436,8 @@ def compare(config_path, overrides, seeds, out_dir, jobs=1):
     timing = [json.loads(p.read_text()) for p in sorted(out_dir.glob("seed*/timing.json"))]
 
     def table(title, keys, arms):
-        lines = [f"| {title} | " + " | ".join(label for label, _ in arms) + " |", "|---|" + "---|" * len(arms)]
-        for key in keys:
-            lines.append(f"| {key} | " + " | ".join(mean_std([m[key] for m in runs[name] if key in m])
-                                                    for _, name in arms) + " |")
-        return lines
+        return tables.markdown([title, *(label for label, _ in arms)],
+                               [[key, *(tables.mean_std_cells(runs[name], [key])[0] for _, name in arms)] for key in keys])
 
     n = f"n={seeds}"
     beta = training.load_config(config_path, overrides).loss.beta
@@ -431,9 +448,7 @@ def compare(config_path, overrides, seeds, out_dir, jobs=1):
     if timing:
         lines += ["", f"embedded default, all three stages: wall {mean_std([t['wall_s'] for t in timing])} s, "
                       f"CPU {mean_std([t['cpu_s'] for t in timing])} s (per seed, as timed when it ran)"]
-    (out_dir / "comparison.json").write_text(json.dumps({"runs": runs, "timing": timing}, indent=1))
-    (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    tables.write_table(out_dir / "comparison.md", lines, out_dir / "comparison.json", {"runs": runs, "timing": timing})
     return runs
 
 

@@ -7,6 +7,7 @@ Commands (repository root):
     python train_patch_ib.py model.variant=E --out runs/patch_ib/E         # models A-E of the seed's table
     python train_patch_ib.py --table runs/patch_ib/table.md --out runs/patch_ib/table   # A-E x 3 seeds
     python train_patch_ib.py --resume runs/patch_ib/tiny/last.pt --out runs/patch_ib/tiny
+    python train_patch_ib.py --probe runs/patch_ib/tiny/best.pt            # box patches vs the rest (phantoms)
     python train_patch_ib.py --config configs/patch_ib.yaml                # paper scale (BiomedCLIP, open_clip)
     python -m data.mimic_master --root /data/mimic-cxr-jpg                 # build the master JSONL first
 
@@ -17,25 +18,40 @@ L_sparse + loss.cons * L_cons + loss.nce_mask * L_NCE-mask (models/patch_ib_loss
 global InfoNCE over the whole val set (one N x N matrix); best.pt = the lowest WITHIN THE CURRENT PHASE, so
 the final best.pt always comes from the last phase (an earlier one would hold an untrained mask head).
 Writes config.yaml, log.jsonl, last.pt, best.pt and, after the last step, the test evaluation of best.pt
-(models/patch_ib_eval.py, the same call as evaluate.py) into metrics.json and PNGs into vis/.
+(evals/patch_ib.py, the same call as evaluate.py) into metrics.json and PNGs into vis/.
 """
 # ----------------------------------------------------------------------------------------------------------
 # imports
 import argparse
+import fnmatch
 import json
+import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+import evals.patch_ib
 import training
+from evals import tables
 from data.loader import batches_per_epoch, epoch_loader
-from models import patch_ib_eval
 from models.patch_ib import PatchIB, PatchIBConfig
 from models.patch_ib_losses import info_nce, patch_ib_losses
 
 SYSTEM = "patch_ib"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# phase freezing (seed 004 "Model Architecture & Progression"): fnmatch patterns over parameter names, the rest
+# frozen. Patterns that match no parameter of the variant (e.g. the mask head of A and B) are left out.
+
+PHASE_TRAINABLE = {
+    "global": ["*"],                         # both towers and heads, global InfoNCE
+    "local": ["*"],                          # + the local word-patch alignment head
+    "bottleneck": ["mask_head.*", "image_proj.*", "text_proj.*", "logit_scale", "word_proj.*", "patch_proj.*"],
+}                                            # towers frozen: the mask head learns what to keep
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -63,18 +79,29 @@ def build_model(cfg):
 
 
 def run_model(model, batch, device, use_local=True, use_ib=True):
-    return patch_ib_eval.run_model(model, batch["image"], batch["report"], device, use_local, use_ib)
+    return evals.patch_ib.run_model(model, batch["image"], batch["report"], device, use_local, use_ib)
 
 
 def validation_loss(model, dataset, cfg, device, ctx):
     """global InfoNCE over the whole val set (one batch of N x N), the best.pt criterion"""
-    e = patch_ib_eval.embed_dataset(model, dataset, cfg.train.batch_size, device, ctx, cfg.data.num_workers)
+    e = evals.patch_ib.embed_dataset(model, dataset, cfg.train.batch_size, device, ctx, cfg.data.num_workers)
     return float(info_nce(e["image"], e["text"], model.logit_scale.exp().detach().float().cpu()))
 
 
 def evaluate_checkpoint(checkpoint, args):
-    """evaluate.py's entry: loaded checkpoint + args -> flat dict of floats (models/patch_ib_eval.py)."""
-    return patch_ib_eval.evaluate_checkpoint(checkpoint, args)
+    """evaluate.py's entry: loaded checkpoint + args -> flat dict of floats (evals/patch_ib.py)."""
+    cfg = training.Config.wrap(checkpoint["config"])
+    device, ctx, _, _ = training.setup_device(getattr(args, "device", None) or "auto", "float32")
+    model = build_model(cfg)
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    print(f"patch_ib: variant {cfg.model.variant}, checkpoint step {checkpoint.get('step')} "
+          f"(phase {checkpoint.get('phase')})")
+    dataset = build_dataset(cfg, args.split)
+    if getattr(args, "images", None):
+        return evals.patch_ib.predict_user_images(model, cfg, args.images, dataset, args.out_dir, device, ctx)
+    return evals.patch_ib.evaluate(model, dataset, cfg, device, ctx, f"{args.split}/", getattr(args, "visualize", 0),
+                                   getattr(args, "out_dir", None), getattr(args, "bootstrap", 0))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -114,7 +141,7 @@ def train(cfg, out_dir, resume=None):
         print(f"resumed from {resume} at step {step} (phase {resume_ckpt['phase']})")
     logger = training.RunLogger(out_dir)
     stop_at = min(total_steps, cfg.train.stop_after_steps or total_steps)
-    progress = tqdm(total=stop_at, initial=step, desc=SYSTEM, dynamic_ncols=True, leave=False)
+    progress = tqdm(total=stop_at, initial=step, desc=SYSTEM, dynamic_ncols=True, leave=False, disable=None)
 
     resumed_phase = resume_ckpt["phase"] if resume_ckpt else None
     for index, phase in enumerate(phases):
@@ -127,8 +154,7 @@ def train(cfg, out_dir, resume=None):
             best_metric = float("inf")
         resumed_phase = None
         # phase freezing (seed 004 staged training) + optimizer after freezing
-        import fnmatch
-        patterns = [p for p in phase.trainable if any(fnmatch.fnmatchcase(n, p) for n in names)]
+        patterns = [p for p in PHASE_TRAINABLE[phase.name] if any(fnmatch.fnmatchcase(n, p) for n in names)]
         print(f"phase {phase.name}: steps {start}-{phase_ends[index]}, use_local={phase.use_local}, "
               f"use_ib={phase.use_ib}, trainable {patterns}")
         trainable = training.set_trainable(model, patterns)
@@ -204,6 +230,65 @@ def train(cfg, out_dir, resume=None):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the seed-004 ablation table (models A-E), each best.pt measured with evaluate.py
+
+TABLE_COLUMNS = [("t2i/R@1", "t2i R@1"), ("t2i/R@10", "t2i R@10"), ("i2t/R@1", "i2t R@1"), ("i2t/R@10", "i2t R@10"),
+                 ("masked/t2i/R@1", "masked t2i R@1"), ("zeroshot/auroc/mean", "zero-shot mean AUROC"),
+                 ("mask/sparsity", "mask sparsity (mean z)"), ("mask/energy_in_boxes", "energy in boxes (z)"),
+                 ("mask/energy_in_boxes_weights", "energy in boxes (weights used)"),
+                 ("mask/box_patch_auroc", "box-patch AUROC of z")]
+VARIANT_SWITCHES = {"A": "global CLIP", "B": "+ local align", "C": "+ Patch-IB (soft mask)", "D": "+ soft top-K",
+                    "E": "+ hard token drop"}
+
+
+def run_table(args):
+    """Each (variant, seed) trains into OUT/<variant>-s<seed> with `model.variant=<V> train.seed=<s>
+    eval.visualize=0` after the caller's overrides (a run with best.pt and metrics.json is reused); every run,
+    new or reused, is then measured by `python evaluate.py RUN/best.pt --split test` (which rewrites its
+    metrics.json), and args.table gets mean ± sample std over seeds. The phantoms are the same for every seed;
+    the seed changes the heads' initialization, dropout and batch order. -> {variant: {column key: mean}}."""
+    import evaluate
+    out = Path(args.out or "runs/patch_ib/table")
+    load_start, start = os.getloadavg()[0], time.time()
+
+    def train_run(variant, seed, run_dir):
+        train(training.load_config(args.config, list(args.overrides) + [
+            f"model.variant={variant}", f"train.seed={seed}", "eval.visualize=0"]), run_dir)
+
+    def measure(run_dir):
+        return evaluate.main([str(run_dir / "best.pt"), "--split", "test", "--device", "cpu"])
+
+    results, seconds = tables.collect_runs(args.variants, args.seeds, lambda v, s: out / f"{v}-s{s}", train_run,
+                                           done=("best.pt", "metrics.json"), read=measure)
+    cfg = training.load_config(args.config, list(args.overrides))
+    steps = " + ".join(f"{name} {spec['steps']}" for name, spec in cfg.phases.items())
+    runs = [m for v in args.variants for m in results[v]]
+    uniform = [m["test/mask/energy_in_boxes_uniform"] for m in runs if "test/mask/energy_in_boxes_uniform" in m]
+    keys = [f"test/{key}" for key, _ in TABLE_COLUMNS]
+    lines = [
+        f"Test split of the phantoms ({cfg.data.num_test} image-report pairs, chance t2i R@1 "
+        f"{runs[0]['test/t2i/chance_R@1']:.4f}), best.pt of each run measured with evaluate.py; mean ± sample "
+        f"std over seeds {', '.join(map(str, args.seeds))}. Steps {steps}, {cfg.data.num_train} training "
+        f"pairs at {cfg.data.image_size} px, batch {cfg.train.batch_size}."
+        + (f" A constant mask's energy in boxes (mean box-area share) is {uniform[0]:.3f}." if uniform else ""),
+        f"Command: `python train_patch_ib.py --table {args.table} --out {out}"
+        f"{' --seeds ' + ','.join(map(str, args.seeds)) if list(args.seeds) != [0, 1, 2] else ''}"
+        f"{' --variants ' + ','.join(args.variants) if list(args.variants) != list('ABCDE') else ''}"
+        f"{' ' + ' '.join(args.overrides) if args.overrides else ''}`",
+        (f"Wall time per new run {np.mean(seconds):.0f} s (mean of {len(seconds)}, training + its final test "
+         f"evaluation); " if seconds else "All runs reused; ")
+        + f"table {time.time() - start:.0f} s in all; load average {load_start:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end.",
+        ""]
+    lines += tables.markdown(["model", "switches", "seeds"] + [name for _, name in TABLE_COLUMNS],
+                             [[v, VARIANT_SWITCHES.get(v, ""), len(results[v]), *tables.mean_std_cells(results[v], keys, "—")]
+                              for v in args.variants])
+    tables.write_table(args.table, lines)
+    return {v: {key: value for (key, _), value in zip(TABLE_COLUMNS, tables.column_means(results[v], keys).values())}
+            for v in args.variants}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # main
 
 def main(argv=None):
@@ -213,15 +298,24 @@ def main(argv=None):
                              "--out/<variant>-s<seed>, measure each best.pt with evaluate.py, write mean +- std")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of --table, comma-separated")
     parser.add_argument("--variants", default="A,B,C,D,E", help="rows of --table, comma-separated")
+    parser.add_argument("--probe", default=None, metavar="CHECKPOINT", help="the oracle pooling probe of a "
+                        "checkpoint on phantoms (evals/patch_ib_probe.py): box patches vs the other patches")
+    parser.add_argument("--probe-split", default="test", choices=("val", "test"))
     args = parser.parse_args(argv)
+    if args.probe:
+        from evals.patch_ib_probe import probe
+        checkpoint = training.load_checkpoint(args.probe, restore_rng=False)
+        cfg = training.Config.wrap(checkpoint["config"])
+        model = build_model(cfg)
+        model.load_state_dict(checkpoint["model"])
+        return probe(model.eval(), build_dataset(cfg, args.probe_split), args.probe, args.probe_split)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.variants = args.variants.split(",")
     cfg = training.load_config(args.config, args.overrides)
     if cfg.get("system") != SYSTEM:
         raise training.ConfigError(f"{args.config}: system is {cfg.get('system')!r}, expected {SYSTEM!r}")
     if args.table:
-        from models.patch_ib_table import run_table
-        return run_table(args, train)
+        return run_table(args)
     return train(cfg, training.make_out_dir(args.out, SYSTEM, "train"), args.resume)
 
 

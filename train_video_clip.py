@@ -31,19 +31,29 @@ test/align_sim_gap, test/align_sim_corr).
 # imports
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+import evals.video_clip
 import training
+from evals import tables
 from data.loader import batches_per_epoch, epoch_loader
 from models.clip_align import ClipAlignConfig, VideoAttentionCLIP
 from models.clip_align_losses import video_clip_losses
 
 SYSTEM = "video_clip"
 VALIDATION_METRIC = "accuracy"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# freezing (seed 003): one stage, trained end to end from scratch; nothing is frozen
+
+TRAINABLE = ["*"]   # fnmatch patterns over parameter names
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -75,20 +85,7 @@ def build_model(cfg):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# evaluation (evaluate.py calls evaluate_checkpoint; the run's validation and final test use the same code)
-
-def evaluate_model(model, dataset, cfg, device, ctx, prefix, visualize=0, out_dir=None, bootstrap=0):
-    from models.clip_align_eval import bootstrap_classification, predict, save_strips, video_clip_metrics
-    loader = epoch_loader(dataset, cfg.train.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False,
-                          num_workers=cfg.data.num_workers)
-    pred = predict(model, loader, device, ctx)
-    metrics = video_clip_metrics(pred, prefix)
-    if bootstrap:
-        metrics.update(bootstrap_classification(pred, bootstrap, prefix))
-    if visualize and out_dir is not None:
-        save_strips(model, dataset, visualize, out_dir, device, ctx, list(dataset.class_names))
-    return metrics
-
+# evaluation (evals/video_clip.py; evaluate.py calls evaluate_checkpoint, the run's validation and final test too)
 
 def evaluate_checkpoint(checkpoint, args):
     """Loaded checkpoint dict + args (.split, .visualize, .images, .out_dir, .device) -> flat dict of floats.
@@ -106,8 +103,8 @@ def evaluate_checkpoint(checkpoint, args):
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
     dataset = build_dataset(cfg, args.split, root=getattr(args, "images", None))
-    return evaluate_model(model, dataset, cfg, device, ctx, f"{args.split}/", getattr(args, "visualize", 0),
-                          getattr(args, "out_dir", None), getattr(args, "bootstrap", 0))
+    return evals.video_clip.evaluate(model, dataset, cfg, device, ctx, f"{args.split}/", getattr(args, "visualize", 0),
+                                     getattr(args, "out_dir", None), getattr(args, "bootstrap", 0))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -133,7 +130,7 @@ def train(cfg, out_dir, resume=None):
 
     # model (one phase: everything trains)
     model = build_model(cfg).to(device)
-    trainable = training.set_trainable(model, ["*"])
+    trainable = training.set_trainable(model, TRAINABLE)
 
     # optimizer + scaler
     optimizer = training.build_optimizer(model, cfg.train.lr, cfg.train.weight_decay,
@@ -154,7 +151,7 @@ def train(cfg, out_dir, resume=None):
 
     # loop
     stop_at = min(total_steps, cfg.train.stop_after_steps or total_steps)
-    progress = tqdm(total=stop_at, initial=step, desc=SYSTEM, dynamic_ncols=True, leave=False)
+    progress = tqdm(total=stop_at, initial=step, desc=SYSTEM, dynamic_ncols=True, leave=False, disable=None)
     while step < stop_at:
         epoch, start_batch = divmod(step, steps_per_epoch)
         ready = time.time()
@@ -185,7 +182,7 @@ def train(cfg, out_dir, resume=None):
                 logger.log(step=step, **{k: float(v.detach()) for k, v in terms.items()}, logit_scale=float(out["logit_scale"].detach()),
                            lr=lr, grad_norm=float(grad_norm), s_per_step=time.time() - t0, data_s=t0 - ready)
             if step % cfg.train.eval_interval == 0 or step == total_steps:
-                metrics = evaluate_model(model, val_set, cfg, device, ctx, "val/")
+                metrics = evals.video_clip.evaluate(model, val_set, cfg, device, ctx, "val/")
                 logger.log(step=step, **metrics)
                 if metrics[f"val/{VALIDATION_METRIC}"] > best_metric:
                     best_metric = metrics[f"val/{VALIDATION_METRIC}"]
@@ -213,6 +210,62 @@ def train(cfg, out_dir, resume=None):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the seed-003 experiment table (B1-B4, C1-C3, with the D1/D2 test metrics), mean ± std over seeds
+# Rows beyond the seed: B0 (cross-entropy only, no map, no CLIP) as the reference the B rows add modules to.
+# C3's sigmoid arm has exactly B3's switches, so the table shows B3 once and C3 as the linear-gate arm.
+
+ROWS = [  # (id, method, switches)
+    ("B0", "reference: CE only", ["model.map_guided=false", "loss.clip_weight=0", "model.lambda_token=0"]),
+    ("B1", "CLIP alignment only", ["model.map_guided=false", "loss.clip_weight=1.0", "model.lambda_token=0"]),
+    ("B2", "map-guided pooling only", ["model.map_guided=true", "model.map_guided_type=spatiotemporal",
+                                       "loss.clip_weight=0", "model.lambda_token=0"]),
+    ("B3", "full method (= C3 sigmoid gate)", ["model.map_guided=true", "model.map_guided_type=spatiotemporal",
+                                               "loss.clip_weight=1.0", "model.lambda_token=0"]),
+    ("B4", "+ token-level loss", ["model.map_guided=true", "model.map_guided_type=spatiotemporal",
+                                  "loss.clip_weight=1.0", "model.lambda_token=0.1"]),
+    ("C1", "channel gating", ["model.map_guided=true", "model.map_guided_type=channel"]),
+    ("C2", "weighted pooling", ["model.map_guided=true", "model.map_guided_type=weighted_pool"]),
+    ("C3", "linear gate (sigmoid arm = B3)", ["model.map_guided=true", "model.map_guided_type=spatiotemporal",
+                                              "model.map_guided_sigmoid_gate=false"]),
+]
+COLUMNS = [("accuracy", "Acc"), ("f1_macro", "macro F1"),
+           ("retrieval_r1_v2a", "R@1 v2a"), ("retrieval_r5_v2a", "R@5 v2a"),
+           ("retrieval_r1_a2v", "R@1 a2v"), ("retrieval_r5_a2v", "R@5 a2v"),
+           ("align_sim_gap", "D2 sim gap"), ("align_sim_corr", "D2 corr"),
+           ("saliency_on_evidence", "saliency on evidence")]
+
+
+def run_table(args):
+    """Each (row, seed) trains into OUT/<row>-s<seed> with the row's switches after the caller's overrides (a run
+    with metrics.json is reused); args.table gets mean ± sample std over seeds. -> {row: {column key: mean}}."""
+    out = Path(args.out or "runs/video_clip/table")
+    switches_of = {row_id: switches for row_id, _, switches in ROWS}
+
+    def train_run(row_id, seed, run_dir):
+        train(training.load_config(args.config, list(args.overrides) + switches_of[row_id] +
+                                   [f"train.seed={seed}", "eval.visualize=0"]), run_dir)
+
+    results, seconds = tables.collect_runs(list(switches_of), args.seeds, lambda r, s: out / f"{r}-s{s}", train_run)
+    cfg = training.load_config(args.config, list(args.overrides))
+    keys = [f"test/{key}" for key, _ in COLUMNS]
+    lines = [f"Test split of the phantoms ({cfg.data.num_test} clips), mean ± sample std over seeds "
+             f"{', '.join(map(str, args.seeds))}; gaze_informativeness = {cfg.data.gaze_informativeness}; "
+             f"{cfg.train.steps} steps, {cfg.data.num_train} training clips, {cfg.model.model_class_num} classes.",
+             f"Command: `python train_video_clip.py --table {args.table} --out {out}"
+             f"{' --seeds ' + ' '.join(map(str, args.seeds)) if list(args.seeds) != [0, 1, 2] else ''}"
+             f"{' ' + ' '.join(args.overrides) if args.overrides else ''}`",
+             (f"Wall time per run {np.mean(seconds):.0f} s (mean of {len(seconds)} new runs); load average "
+              f"{os.getloadavg()[0]:.1f} at the end." if seconds else "All runs reused from earlier."),
+             ""]
+    lines += tables.markdown(["ID", "Method", "Key switches"] + [name for _, name in COLUMNS],
+                             [[row_id, method, " ".join("`" + s + "`" for s in switches),
+                               *tables.mean_std_cells(results[row_id], keys)] for row_id, method, switches in ROWS])
+    tables.write_table(args.table, lines)
+    return {row_id: {key: value for (key, _), value in zip(COLUMNS, tables.column_means(results[row_id], keys).values())}
+            for row_id in switches_of}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # main
 
 def main(argv=None):
@@ -226,8 +279,7 @@ def main(argv=None):
     if cfg.get("system") != SYSTEM:
         raise training.ConfigError(f"{args.config}: system is {cfg.get('system')!r}, expected {SYSTEM!r}")
     if args.table:
-        from models.clip_align_table import run_table
-        return run_table(args, train)
+        return run_table(args)
     return train(cfg, training.make_out_dir(args.out, SYSTEM, "train"), args.resume)
 
 

@@ -38,17 +38,30 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import evals.wsrpn_vl
 import training
+from evals import tables
 from data.captions import DetectionCaptionDataset
 from data.loader import batches_per_epoch, epoch_loader
 from data.transforms import build_transform
 from metrics.summary import mean_std
 from models.vl_encoder import TextEncoder, WsrpnVL
 from models.vl_losses import ContrastiveVLLoss, LossWeightScheduler, gaussian_entropy, gaussian_scale, vl_consistency
-from models.wsrpn import WSRPN, WsrpnConfig, extract_boxes
+from models.wsrpn import WSRPN, WsrpnConfig
 
 SYSTEM = "wsrpn_vl"
 WSRPN_FIELDS = set(WsrpnConfig.__dataclass_fields__) - {"num_classes"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# freezing (seed 000): the same in all three phases (they differ in loss weights only, models/vl_losses.py).
+# The text encoder (Bio_ClinicalBERT) is frozen and lives outside the model; fnmatch patterns, the rest frozen.
+
+TRAINABLE = {"image side": ["wsrpn.*"], "text branch": ["shared_projection.*"]}   # text branch: model.use_vl_branch
+
+
+def trainable_patterns(cfg):
+    return TRAINABLE["image side"] + (TRAINABLE["text branch"] if cfg.model.use_vl_branch else [])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -116,13 +129,6 @@ def build_text_encoder(cfg):
                        pretrained=m.pretrained)
 
 
-def trainable_patterns(cfg):
-    patterns = ["wsrpn.*"]
-    if cfg.model.use_vl_branch:
-        patterns.append("shared_projection.*")
-    return patterns
-
-
 def build_scheduler(cfg):
     s = cfg.loss
     return LossWeightScheduler(s.warmup_epochs, s.gaussian_start_epoch, s.contrastive_weight, s.consistency_weight,
@@ -148,136 +154,7 @@ def loss_terms(model, out, labels, captions, weights, cfg, text_encoder, contras
 
 
 # ----------------------------------------------------------------------------------------------------------
-# evaluation (also used by evaluate.py through evaluate_checkpoint)
-
-@torch.no_grad()
-def predict(model, images_batches, box_threshold, device, ctx):
-    """Yield per image: boxes (M, 4) in image fractions, labels (M,), scores (M,), ROI index (M,), mu, sigma (K, 2),
-    maps (K, H, W), vision embedding (S,)."""
-    model.eval()
-    for images in images_batches:
-        with ctx:
-            out = model(images.to(device))
-        boxes, labels, scores, rois = extract_boxes(out["roi_probs"], out["mu"], out["sigma"], box_threshold,
-                                                    return_indices=True)
-        H, W = out["grid"]
-        for b in range(images.shape[0]):
-            yield {"boxes": boxes[b], "labels": labels[b], "scores": scores[b], "rois": rois[b],
-                   "mu": out["mu"][b].float().cpu(), "sigma": out["sigma"][b].float().cpu(),
-                   "maps": out["gaussian_maps"][b].float().cpu().reshape(-1, H, W),
-                   "vision_emb": out["vision_emb"][b].float().cpu()}
-
-
-def evaluate_detection(model, dataset, cfg, device, ctx, text_encoder=None, rodeo_too=True, bootstrap=0,
-                       batch_size=32, keep_predictions=False):
-    """Boxes on `dataset` (every image has >= 1 box) -> flat metric dict (see docs/wsrpn_vl.md)."""
-    from metrics.detection import ap_at_iou, bootstrap as bootstrap_metric, localization_accuracy, rodeo
-    from metrics.localization import map_entropy
-    names = list(cfg.data.classes)
-    loader = epoch_loader(dataset, batch_size, seed=0, epoch=0, shuffle=False, drop_last=False)
-    gt_boxes, gt_labels, captions, predictions = [], [], [], []
-    def batches():
-        for batch in loader:
-            for image, boxes, labels, caption in zip(batch["image"], batch["boxes"], batch["box_labels"], batch["caption"]):
-                height, width = image.shape[-2:]
-                gt_boxes.append(boxes / torch.tensor([width, height, width, height]))  # (N, 4) fractions
-                gt_labels.append(labels)
-                captions.append(caption)
-            yield batch["image"]
-    predictions = list(predict(model, batches(), cfg.eval.box_threshold, device, ctx))
-    pred_boxes = [p["boxes"] for p in predictions]
-    pred_labels = [p["labels"] for p in predictions]
-    pred_scores = [p["scores"] for p in predictions]
-
-    def detection_metrics(indices):
-        pick = lambda values: [values[i] for i in indices]  # noqa: E731
-        metrics = ap_at_iou(pick(pred_boxes), pick(pred_scores), pick(pred_labels), pick(gt_boxes), pick(gt_labels),
-                            names)
-        if rodeo_too:
-            metrics.update(rodeo(pick(pred_boxes), pick(pred_labels), pick(gt_boxes), pick(gt_labels), names))
-            metrics.update(localization_accuracy(pick(pred_boxes), pick(pred_scores), pick(pred_labels),
-                                                 pick(gt_boxes), pick(gt_labels), names, iou_thresholds=(0.3, 0.5)))
-        return metrics
-
-    metrics = detection_metrics(range(len(predictions)))
-    if bootstrap:
-        keys = ("rodeo/total", "rodeo/loc", "rodeo/shape", "rodeo/cls", "ap@0.3", "ap@0.5", "map")
-        metrics.update(bootstrap_metric(lambda idx: {k: v for k, v in detection_metrics(idx).items() if k in keys},
-                                        len(predictions), num_samples=bootstrap, seed=0))
-    # Gaussian statistics over the ROIs that gave a box
-    sigmas = [p["sigma"][p["rois"]] for p in predictions if len(p["rois"])]
-    maps = [p["maps"][p["rois"]] for p in predictions if len(p["rois"])]
-    if sigmas:
-        metrics["gaussian/scale"] = torch.cat(sigmas).mean().item()
-        metrics["gaussian/area"] = torch.cat(sigmas).prod(-1).mean().item()
-        metrics["gaussian/entropy"] = float(torch.as_tensor(map_entropy(torch.cat(maps))).float().mean())
-    metrics["boxes_per_image"] = sum(len(b) for b in pred_boxes) / max(1, len(pred_boxes))
-    if text_encoder is not None:
-        from metrics.retrieval import alignment_statistics
-        vision = torch.stack([p["vision_emb"] for p in predictions])  # (N, S)
-        text_features = torch.cat([text_encoder(captions[i:i + 64]) for i in range(0, len(captions), 64)])
-        text = model.shared_projection.text(text_features.to(device)).float().cpu()  # (N, S)
-        caption_ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-        groups = torch.tensor([caption_ids[c] for c in captions])
-        metrics.update({f"vision_text/{k}": float(v) for k, v in
-                        alignment_statistics(vision @ text.t(), groups).items()})
-    if keep_predictions:
-        return metrics, predictions, gt_boxes, gt_labels
-    return metrics
-
-
-def draw_prediction(image, image_id, p, names, out_dir, gt_boxes=None, gt_labels=None):
-    """Two PNGs for one image: `<id>_boxes.png` (predicted boxes in red named "class objectness", ground truth
-    green dashed with class names, on a white margin (20 % of the side, 45 % on the right for the labels)
-    because boxes are not clipped to the image, as in the reference) and `<id>_gaussians.png` (the Gaussian map of each ROI that gave a box, named
-    by its box's class, on one shared colour scale with a colour bar; all K ROIs when none gave a box).
-    image: (3, H, W) in [0, 1]; p: one item of predict(); gt_boxes: (N, 4) xyxy fractions, gt_labels: (N,)."""
-    from metrics.visualize import attention_grid, draw_boxes
-    out_dir = Path(out_dir)
-    H, W = image.shape[-2:]
-    margin = round(0.2 * min(H, W))  # and 0.45 on the right, where a box label starting near the edge ends
-    canvas = F.pad(image, (margin, round(0.45 * W), margin, margin), value=1.0)  # (3, H + 2m, W + m + 0.45 W)
-    scale, shift = torch.tensor([W, H, W, H]), torch.tensor([margin] * 4)
-    pred_names = [f"{names[int(label)]} {float(score):.2f}" for label, score in zip(p["labels"], p["scores"])]
-    gt_boxes = torch.zeros(0, 4) if gt_boxes is None else gt_boxes
-    gt_names = [] if gt_labels is None else [names[int(label)] for label in gt_labels]
-    counts = {name: gt_names.count(name) for name in dict.fromkeys(gt_names)}
-    truth = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in counts.items()) or "none given"
-    draw_boxes(canvas, list(p["boxes"] * scale + shift), gt_boxes * scale + shift, pred_names,
-               out_dir / f"{image_id}_boxes.png", title=f"{image_id}  truth: {truth}  (white: outside the image)",
-               gt_names=gt_names)
-    if len(p["rois"]):
-        maps, map_names = p["maps"][p["rois"]], [f"ROI {int(k)}: {n}" for k, n in zip(p["rois"], pred_names)]
-    else:
-        maps, map_names = p["maps"], [f"ROI {k} (no box)" for k in range(len(p["maps"]))]
-    maps = F.interpolate(maps[None], size=(H, W), mode="bilinear", align_corners=False)[0]  # (M, H, W)
-    # 3 decimals: the maps are max-normalized to 1, and a minimum like 2e-05 made an unreadable tick label
-    attention_grid(image, maps.clamp(0, 1).mul(1000).round().div(1000), map_names, out_dir / f"{image_id}_gaussians.png",
-                   columns=min(5, len(maps)), title=f"{image_id}: Gaussian ROI maps (max-normalized, patch grid "
-                                                    f"{p['maps'].shape[-2]}x{p['maps'].shape[-1]})")
-
-
-def visualize(dataset, predictions, gt_boxes, gt_labels, names, out_dir, count):
-    """PNGs of the first `count` images: boxes against the ground truth, and the Gaussian maps (draw_prediction)."""
-    for i in range(min(count, len(predictions))):
-        sample = dataset[i]
-        draw_prediction(sample["image"], sample["id"], predictions[i], names, out_dir, gt_boxes[i], gt_labels[i])
-
-
-def load_user_images(path, size):
-    """A file or a folder of PNG/JPEG -> (ids, (N, 3, size, size) in [0, 1])."""
-    from PIL import Image
-    path = Path(path)
-    files = sorted(p for p in (path.iterdir() if path.is_dir() else [path])
-                   if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise FileNotFoundError(f"--images {path}: no .png/.jpg/.jpeg file found")
-    tensors = []
-    for f in files:
-        grey = Image.open(f).convert("L").resize((size, size), Image.BILINEAR)
-        tensors.append(torch.tensor(list(grey.getdata()), dtype=torch.float32).reshape(1, size, size) / 255)
-    return [f.stem for f in files], torch.stack(tensors).expand(-1, 3, -1, -1)
-
+# evaluation (evals/wsrpn_vl.py; evaluate.py calls evaluate_checkpoint, the run's final test too)
 
 def evaluate_checkpoint(checkpoint, args, text_encoder=None):
     """The evaluate.py contract: checkpoint dict + args (split, bootstrap, visualize, images, out_dir, device)
@@ -289,25 +166,11 @@ def evaluate_checkpoint(checkpoint, args, text_encoder=None):
     text_encoder = text_encoder or build_text_encoder(cfg).to(device)
     model = build_model(cfg, text_encoder.hidden_size).to(device)
     model.load_state_dict(checkpoint["model"])
-    names = list(cfg.data.classes)
-    out_dir = Path(args.out_dir)
     if args.images:
-        ids, images = load_user_images(args.images, cfg.data.image_size)
-        predictions = list(predict(model, images.split(32), cfg.eval.box_threshold, device, ctx))
-        records = {}
-        for image_id, image, p in zip(ids, images, predictions):
-            records[image_id] = [{"box_xyxy_fraction": box.tolist(), "class": names[int(label)], "score": float(s)}
-                                 for box, label, s in zip(p["boxes"], p["labels"], p["scores"])]
-            draw_prediction(image, image_id, p, names, out_dir)
-        (out_dir / "predictions.json").write_text(json.dumps(records, indent=1))
-        return {"images": float(len(ids)), "boxes_per_image": sum(map(len, records.values())) / len(ids)}
-    dataset = build_dataset(cfg, args.split)
+        return evals.wsrpn_vl.predict_user_images(model, cfg, args.images, args.out_dir, device, ctx)
     use_text = text_encoder if cfg.model.use_vl_branch else None
-    metrics, predictions, gt_boxes, gt_labels = evaluate_detection(model, dataset, cfg, device, ctx, use_text, True,
-                                                                   args.bootstrap, keep_predictions=True)
-    if args.visualize:
-        visualize(dataset, predictions, gt_boxes, gt_labels, names, out_dir, args.visualize)
-    return metrics
+    return evals.wsrpn_vl.evaluate(model, build_dataset(cfg, args.split), cfg, device, ctx, "", args.visualize,
+                                   args.out_dir, args.bootstrap, text_encoder=use_text)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -331,35 +194,30 @@ def compare(argv, seeds, out_dir, jobs=1):
     jobs > 1 runs that many at once, each as its own `python train_wsrpn_vl.py` process (output in
     <run>/stdout.log); the runs are the same as sequential ones (each sets its own seed and threads)."""
     out_dir = Path(out_dir)
-    plan = [(index, seed, out_dir / f"arm{index}-seed{seed}", overrides)
-            for index, (_, overrides) in enumerate(COMPARE_ARMS) for seed in range(seeds)]
-    todo = [(run_dir, argv + ["--out", str(run_dir), *overrides, f"seed={seed}"])
-            for _, seed, run_dir, overrides in plan if not (run_dir / "metrics.json").exists()]
-    if jobs <= 1:
-        for _, run_argv in todo:
-            main(run_argv)
-    else:
+    arms = range(len(COMPARE_ARMS))
+
+    def run_dir_of(index, seed):
+        return out_dir / f"arm{index}-seed{seed}"
+
+    def arm_argv(index, seed):
+        return argv + ["--out", str(run_dir_of(index, seed)), *COMPARE_ARMS[index][1], f"seed={seed}"]
+
+    if jobs > 1:
         script = str(Path(__file__).resolve())
-        training.run_processes([(f"compare: {run_dir.name}", [script, *run_argv], run_dir / "stdout.log")
-                                for run_dir, run_argv in todo], jobs)
-    table = {}
-    for index, (arm, _) in enumerate(COMPARE_ARMS):
-        runs = []
-        for seed in range(seeds):
-            run_dir = out_dir / f"arm{index}-seed{seed}"
-            if not (run_dir / "metrics.json").exists():
-                raise RuntimeError(f"compare: {run_dir} has no metrics.json (see {run_dir / 'stdout.log'})")
-            runs.append(json.loads((run_dir / "metrics.json").read_text()))
-        table[arm] = {k: [r[k] for r in runs if k in r] for k in COMPARE_KEYS}
-    lines = ["| metric | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
-    for key in COMPARE_KEYS:
-        cells = []
-        for arm in table:
-            cells.append(mean_std(table[arm][key]))
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    (out_dir / "comparison.json").write_text(json.dumps(table, indent=1))
-    (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        training.run_processes([(f"compare: {run_dir_of(i, seed).name}", [script, *arm_argv(i, seed)],
+                                 run_dir_of(i, seed) / "stdout.log") for i in arms for seed in range(seeds)
+                                if not (run_dir_of(i, seed) / "metrics.json").exists()], jobs)
+
+    def train_run(index, seed, run_dir):
+        if jobs > 1:    # its process failed: the log says why
+            raise RuntimeError(f"compare: {run_dir} has no metrics.json (see {run_dir / 'stdout.log'})")
+        main(arm_argv(index, seed))
+
+    results, _ = tables.collect_runs(arms, range(seeds), run_dir_of, train_run)
+    table = {COMPARE_ARMS[i][0]: {k: [r[k] for r in results[i] if k in r] for k in COMPARE_KEYS} for i in arms}
+    body = [[key, *(mean_std(table[arm][key]) for arm in table)] for key in COMPARE_KEYS]
+    tables.write_table(out_dir / "comparison.md", tables.markdown(["metric", *table], body),
+                       out_dir / "comparison.json", table)
     return table
 
 
@@ -429,7 +287,7 @@ def main(argv=None):
 
     def validate(epoch):
         nonlocal best_metric
-        metrics = evaluate_detection(model, val_set, cfg, device, ctx, text_encoder,
+        metrics = evals.wsrpn_vl.evaluate_detection(model, val_set, cfg, device, ctx, text_encoder,
                                      rodeo_too=cfg.eval.select_metric != "map")
         logger.log(step=step, epoch=epoch, phase=scheduler.phase(epoch), **{f"val/{k}": v for k, v in metrics.items()})
         if metrics[cfg.eval.select_metric] > best_metric:
@@ -448,7 +306,7 @@ def main(argv=None):
         loader = epoch_loader(train_set, t.batch_size, cfg.seed, epoch, start_batch=start_batch,
                               num_workers=cfg.data.num_workers)
         progress = tqdm(loader, desc=f"epoch {epoch} phase {weights['phase']}", initial=start_batch,
-                        total=steps_per_epoch, leave=False)
+                        total=steps_per_epoch, leave=False, disable=None)
         ready = time.perf_counter()
         for batch_index, batch in enumerate(progress, start=start_batch):
             started = time.perf_counter()  # data_s: waiting for this batch; s_per_step: the step itself

@@ -126,7 +126,7 @@ class DetectionCaptionDataset(torch.utils.data.Dataset):
         records = getattr(base, "records", None)
         self.indices = []
         items = range(len(base))
-        for i in (tqdm(items, desc=progress, leave=False) if progress else items):
+        for i in (tqdm(items, desc=progress, leave=False, disable=None) if progress else items):
             item = records[i] if (records is not None and self.cache is None) else self._load(i)
             labels = detection_labels(item, self.class_names, source)
             has_boxes = len(self._boxes(item)[0]) > 0

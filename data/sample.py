@@ -57,7 +57,7 @@ def collate(samples, one_block=True):
     Inside a DataLoader worker (and one_block) every tensor of the batch is written into one shared-memory
     block (views at 64-byte aligned offsets), so the worker hands the main process one block per batch
     instead of one per key: each block costs the main process a socket round trip to receive (2 workers
-    from the phantom disk cache: about 1.5x the samples/s; `python -m data.benchmark`, README)."""
+    from the phantom disk cache: about 1.5x the samples/s; `python -m benchmarks.loading`, README)."""
     plan = {}  # key -> ("stack" | "cat", values) or ("list", values)
     for key in samples[0]:
         values = [s[key] for s in samples]

@@ -312,7 +312,7 @@ def bootstrap(metric_fn, num_images, num_samples=250, seed=0):
         raise ValueError(f"bootstrap: need num_images >= 1 and num_samples >= 1, got {num_images}, {num_samples}")
     generator = torch.Generator().manual_seed(seed)
     values = {}
-    for _ in tqdm(range(num_samples), desc="bootstrap", leave=False, disable=num_samples < 20):
+    for _ in tqdm(range(num_samples), desc="bootstrap", leave=False, disable=True if num_samples < 20 else None):
         indices = torch.randint(num_images, size=(num_images,), generator=generator).numpy()
         for key, value in metric_fn(indices).items():
             values.setdefault(key, []).append(float(value))

@@ -7,7 +7,7 @@
   a different implementation with different numbers, hence its own key. Each one that cannot run is
   reported as "<key>: unavailable (<reason>)" in notes, never replaced.
 - bertscore: greedy-matching BERTScore (Zhang et al. 2020) with a transformers model given by path or
-  name (loaded through models.pretrained.load_hf, so offline names resolve the project's way): token
+  name (loaded through hub.pretrained.load_hf, so offline names resolve the project's way): token
   embeddings of `layer` (default: the last hidden layer), special tokens dropped, cosine similarity,
   precision = mean over hypothesis tokens of the best reference match, recall the reverse, F1; no IDF
   weighting and no baseline rescaling (the bert-score package's defaults differ: state the model and
@@ -54,7 +54,7 @@ def bertscore(hypotheses, references, model_name, notes, layer=None, batch_size=
     import torch
     try:
         from transformers import AutoModel, AutoTokenizer
-        from models.pretrained import load_hf
+        from hub.pretrained import load_hf
         tokenizer = load_hf(AutoTokenizer, model_name)
         model = load_hf(AutoModel, model_name).to(device).eval()
     except Exception as error:                                  # missing weights, no network, bad name

@@ -11,7 +11,7 @@
 
 Design choices:
 - Every component is an attribute named as in the seed's file list, so the freezing tables of §6 are
-  name patterns: PHASE_TRAINABLE below.
+  name patterns (PHASE_TRAINABLE in train_chexquery.py).
 - `condition_init` "bert" | "xavier", `use_gate` and `lambda_aux` = 0 are the three ablations.
 - `no_weight_decay()` names the learned query tokens (condition, anatomical, pooling queries).
 
@@ -31,15 +31,6 @@ from models.cross_attention import CrossAttentionModule
 from models.gated_fusion import GatedFusion
 from models.text_decoder import TextDecoder, TextDecoderConfig, generation_loss
 from models.vision_encoder import VisionEncoder, VisionEncoderConfig
-
-# seed 001 §6.1: which parameters train in each phase (fnmatch patterns over parameter names)
-QUERY_MODULES = ["condition_queries.*", "anatomical_queries.*", "cross_attention.*", "gated_fusion.*"]
-PHASE_TRAINABLE = {
-    1: QUERY_MODULES + ["auxiliary_head.*"],                                          # encoders frozen
-    2: QUERY_MODULES + ["auxiliary_head.*", "vision_encoder.*lora_*", "text_decoder.*lora_*"],
-    3: QUERY_MODULES + ["text_decoder.*lora_*"],                                      # vision fully frozen, aux off
-}
-
 
 @dataclass
 class ChexQueryConfig:
@@ -78,12 +69,6 @@ class ChexQuery(nn.Module):
         self.auxiliary_head = AuxiliaryHead(D, dropout=cfg.aux_dropout)
         self.text_decoder = TextDecoder(TextDecoderConfig(**dict(cfg.decoder)), D)
         self.num_conditions = len(self.condition_queries.names)
-
-    def trainable_patterns(self, phase):
-        patterns = list(PHASE_TRAINABLE[phase])
-        if any(True for _ in self.text_decoder.projection.parameters()):
-            patterns.append("text_decoder.projection.*")
-        return patterns
 
     def no_weight_decay(self):
         return ["condition_queries.queries", "anatomical_queries.queries", "gated_fusion.pool_queries"]
@@ -125,18 +110,3 @@ def chexquery_losses(out, labels, aux_targets, lambda_gen, lambda_aux, label_smo
     auxiliary = F.binary_cross_entropy_with_logits(out["aux_logits"], aux_targets)
     loss = lambda_gen * generation + lambda_aux * auxiliary
     return {"loss": loss, "generation": generation, "auxiliary": auxiliary}
-
-
-def parameter_table(model):
-    """component -> (total params, {phase: trainable params}) under PHASE_TRAINABLE, without changing
-    requires_grad."""
-    import fnmatch
-    table = {}
-    for name, p in model.named_parameters():
-        component = name.split(".")[0]
-        row = table.setdefault(component, {"total": 0, 1: 0, 2: 0, 3: 0})
-        row["total"] += p.numel()
-        for phase in (1, 2, 3):
-            if any(fnmatch.fnmatchcase(name, pat) for pat in model.trainable_patterns(phase)):
-                row[phase] += p.numel()
-    return table

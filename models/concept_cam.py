@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.labels import VINDR_CONCEPTS, VINDR_DISEASES
-from models.pretrained import load_checkpoint_file
+from hub.pretrained import load_checkpoint_file
 
 MEDMAE_MEAN, MEDMAE_STD = 0.5056, 0.252
 DROPPED_KEY_PREFIXES = ("decoder", "mask_token")  # MAE decoder keys in a MedMAE file; ignored
@@ -174,14 +174,3 @@ class ConceptCAM(nn.Module):
         if stage >= 3 and task_head == "prototype":
             out["disease_logits"] = self.task_head(prototype_scores)          # (B, C)
         return out
-
-
-# trainable parameter patterns per stage (training.set_trainable); seed 002 "What gets updated"
-def trainable_patterns(stage, freeze_backbone=False, task_head="prototype"):
-    if stage == 1:
-        return ["concept_head.*"] + ([] if freeze_backbone else ["backbone.*"])
-    if stage == 2:
-        return ["projector.*", "prototypes"]
-    if stage == 3:
-        return ["task_head.*"] if task_head == "prototype" else ["linear_task_head.*"]
-    raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")

@@ -3,7 +3,7 @@
 Design choices:
 - For each condition name (data.labels.CHEXPERT_LABELS, the seed's order) the text encoder's [CLS]
   vector of the tokenized name becomes the initial query (BioBERT at paper scale, tiny-hub/bert-mlm at
-  tiny scale, both via models.pretrained.load_hf). The encoder is used once and then dropped.
+  tiny scale, both via hub.pretrained.load_hf). The encoder is used once and then dropped.
 - When the text width differs from the query width the vectors are cut / zero-padded and rescaled to the
   Xavier norm; at both scales the widths agree (768 / 128), so this is a guard, not the normal path.
 - `center=True` (an option, `model.condition_center`; off in both configs, the seed takes the raw vectors): subtract the
@@ -26,7 +26,7 @@ from data.labels import CHEXPERT_LABELS
 def bert_cls_embeddings(names, encoder_name):
     """condition names -> (len(names), H) [CLS] vectors of the last hidden layer of `encoder_name`."""
     from transformers import AutoModel, AutoTokenizer
-    from models.pretrained import load_hf
+    from hub.pretrained import load_hf
     tokenizer = load_hf(AutoTokenizer, encoder_name, system="chexquery")
     encoder = load_hf(AutoModel, encoder_name, system="chexquery").eval()
     batch = tokenizer(list(names), padding=True, return_tensors="pt")

@@ -13,7 +13,7 @@ Scales:
   `text.transformer(...).last_hidden_state`, CLS at position 0 (research/contrastive_vl.md §3).
 - tiny (`model.tower: tiny`): the vision tower of "tiny-hub/siglip" (a 2-layer ViT, 16-px patches, no CLS
   token; other image sizes through interpolate_pos_encoding) and "tiny-hub/bert-mlm" (a 2-layer BERT, CLS
-  pooling like PubMedBERT), both loaded only through models.pretrained.load_hf.
+  pooling like PubMedBERT), both loaded only through hub.pretrained.load_hf.
 - Images arrive in [0, 1]; each tower applies its own normalization (SigLIP (x - 0.5) / 0.5, BiomedCLIP the
   OpenAI CLIP mean/std).
 - word_mask marks the real word pieces (not CLS/SEP/padding): the queries of the local alignment head.
@@ -38,7 +38,7 @@ class TinyImageTower(nn.Module):
     def __init__(self, name, image_size):
         super().__init__()
         from transformers import SiglipModel
-        from models.pretrained import load_hf
+        from hub.pretrained import load_hf
         siglip = load_hf(SiglipModel, name, system="patch_ib")
         self.vit = siglip.vision_model
         self.vit.head = None                      # the MAP pooling head is not used (patch tokens are)
@@ -62,7 +62,7 @@ class TinyTextTower(nn.Module):
     def __init__(self, name, max_length):
         super().__init__()
         from transformers import AutoTokenizer, BertModel
-        from models.pretrained import load_hf
+        from hub.pretrained import load_hf
         self.bert = load_hf(BertModel, name, system="patch_ib", add_pooling_layer=False)
         self.tokenizer = load_hf(AutoTokenizer, name, system="patch_ib")
         self.width = self.bert.config.hidden_size

@@ -65,7 +65,7 @@ def prompt_prefix(template):
 def build_t5(cfg):
     from transformers import T5Config, T5ForConditionalGeneration
     if cfg.pretrained:
-        from models.pretrained import load_hf
+        from hub.pretrained import load_hf
         return load_hf(T5ForConditionalGeneration, cfg.name, system="chexquery")
     arch = dict(cfg.architecture) or {"vocab_size": 640, "d_model": 128, "d_kv": 32, "d_ff": 256, "num_layers": 2,
                                       "num_heads": 4, "feed_forward_proj": "gated-gelu",
@@ -82,7 +82,7 @@ def build_t5(cfg):
 
 def load_tokenizer(cfg):
     from transformers import AutoTokenizer
-    from models.pretrained import load_hf
+    from hub.pretrained import load_hf
     return load_hf(AutoTokenizer, cfg.name, system="chexquery")
 
 

@@ -9,7 +9,7 @@ Design choices:
   and the freezing tables of §6 are name patterns (`vision_encoder.*lora_*`).
 - Images arrive normalized with mean 0.5 / std 0.5 (seed §5.3, data/transforms.build_transform).
   A size other than the checkpoint's (tiny hub: 96 px) uses `interpolate_pos_encoding`.
-- Paper weights load through models.pretrained.load_hf like the tiny ones; `pretrained=False` builds
+- Paper weights load through hub.pretrained.load_hf like the tiny ones; `pretrained=False` builds
   the same architecture from a config object only (no download), used by `--dry-run`.
 
 Shape letters: B batch, P patches (576 at 384 px / 16), D vision width (768 paper, 128 tiny).
@@ -35,7 +35,7 @@ def build_siglip_vision(cfg):
     """-> transformers SiglipVisionModel (pretrained through load_hf, or from a local config object)."""
     from transformers import SiglipModel, SiglipVisionConfig, SiglipVisionModel
     if cfg.pretrained:
-        from models.pretrained import load_hf
+        from hub.pretrained import load_hf
         return load_hf(SiglipModel, cfg.name, system="chexquery").vision_model
     arch = dict(cfg.architecture) or {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
                                       "num_attention_heads": 4, "patch_size": 16}

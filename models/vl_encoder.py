@@ -7,7 +7,7 @@
     text_embedding = model.shared_projection.text(text_features)   # (B, S)
 
 Design choices:
-- TextEncoder loads tokenizer and model through models.pretrained.load_hf (the same path for the tiny hub
+- TextEncoder loads tokenizer and model through hub.pretrained.load_hf (the same path for the tiny hub
   and the paper's Bio_ClinicalBERT). Frozen (seed: vl_freeze_text_encoder=true): requires_grad False, eval
   mode (no dropout), no autograd graph. It is NOT a submodule of the trained model, so checkpoints do not
   carry a 110M-parameter frozen copy; they carry the tokenizer files and the config names the weights.
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.pretrained import load_hf
+from hub.pretrained import load_hf
 
 
 class TextEncoder(nn.Module):

@@ -42,7 +42,7 @@ from models.wsrpn_losses import (aggregate_patches, aggregate_rois, bce_targets,
 class WsrpnConfig:
     num_classes: int = 9                  # C: pathologies + "no finding" (last)
     backbone: str = "densenet121"         # densenet121 | densenet-small (the tiny hub's layout)
-    backbone_weights: str = "torchvision/densenet121"  # name for models.pretrained.load_checkpoint_file
+    backbone_weights: str = "torchvision/densenet121"  # name for hub.pretrained.load_checkpoint_file
     pretrained: bool = True               # False: random init (shape tests, the slow paper-size test)
     backbone_layer: str = "denseblock4"   # last DenseNet feature module kept
     pixel_mean: list = field(default_factory=lambda: [0.505])   # per channel (1 value = all channels)
@@ -75,12 +75,12 @@ def build_backbone(config):
     if config.backbone == "densenet121":
         densenet = torchvision.models.densenet121(weights=None)
     elif config.backbone == "densenet-small":
-        from models.tiny_hub_vision import tiny_densenet
+        from hub.tiny_hub_vision import tiny_densenet
         densenet = tiny_densenet()
     else:
         raise ValueError(f"model.backbone must be densenet121 or densenet-small, got {config.backbone!r}")
     if config.pretrained:
-        from models.pretrained import load_checkpoint_file
+        from hub.pretrained import load_checkpoint_file
         densenet.load_state_dict(load_checkpoint_file(config.backbone_weights, system="wsrpn_vl"))
     names = [name for name, _ in densenet.features.named_children()]
     if config.backbone_layer not in names:

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import evals.chexquery
 import train_chexquery as T
 import training
 from data.sample import DataError
@@ -28,7 +29,7 @@ def test_freezing_per_phase(phase):
     cfg = config()
     torch.manual_seed(0)
     model = T.build_model(cfg)
-    trainable = training.set_trainable(model, model.trainable_patterns(phase))
+    trainable = training.set_trainable(model, T.trainable_patterns(model, phase))
     optimizer = training.build_optimizer(model, 1e-3, 0.0, no_weight_decay=model.no_weight_decay())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     tokenizer = T.load_tokenizer_for(cfg)
@@ -152,12 +153,12 @@ def test_generation_follows_config(tmp_path):
     model = T.build_model(cfg).eval()
     tokenizer = T.load_tokenizer_for(cfg)
     images = torch.stack([T.build_dataset(cfg, "val")[i]["image"] for i in range(2)])
-    reports, out = T.generate_reports(model, images, tokenizer, cfg, "cpu", torch.autocast("cpu", enabled=False))
+    reports, out = evals.chexquery.generate_reports(model, images, tokenizer, cfg, "cpu", torch.autocast("cpu", enabled=False))
     assert len(reports) == 2 and all(isinstance(r, str) for r in reports)
     prompt_ids = tokenizer(prompt_prefix(cfg.data.prompt_template), add_special_tokens=False).input_ids
-    tokens, _ = model.generate(images, prompt_ids, T.generation_settings(cfg))
+    tokens, _ = model.generate(images, prompt_ids, evals.chexquery.generation_settings(cfg))
     assert tokens.shape[0] == 2 and 3 <= tokens.shape[1] <= 10  # report tokens only, prompt not counted
-    assert T.generation_settings(cfg)["num_beams"] == 2
+    assert evals.chexquery.generation_settings(cfg)["num_beams"] == 2
     assert out["attention"].shape == (2, 2, 20, 36)
 
 

@@ -13,8 +13,9 @@ import math
 import pytest
 import torch
 
-from models import tiny_hub_vision
-from models.concept_cam import ConceptCAM, ConceptCamConfig, feature_map, trainable_patterns
+from hub import tiny_hub_vision
+from models.concept_cam import ConceptCAM, ConceptCamConfig, feature_map
+from train_concept_cam import trainable_patterns
 from models.concept_losses import (bbox_guided_concept_loss, boxes_to_grid_masks, pos_weight_from_labels,
                                    soft_triple_loss)
 

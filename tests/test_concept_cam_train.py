@@ -15,7 +15,7 @@ import torch
 
 import train_concept_cam as script
 import training
-from models.pretrained import PretrainedLoadError
+from hub.pretrained import PretrainedLoadError
 
 TINY = ["model.image_size=64", "data.num_train=32", "data.num_val=16", "data.num_test=16", "train.batch_size=16",
         "stage1.epochs=1", "stage2.epochs=1", "stage3.epochs=1", "train.warmup_steps=1", "eval.visualize=1",

@@ -163,7 +163,7 @@ def test_local_loss_ignores_padding_and_variant_switches(models):
 
 def test_mask_localization_measures_on_a_hand_made_mask():
     from types import SimpleNamespace
-    from models.patch_ib_eval import box_energy, box_patch_auroc
+    from evals.patch_ib import box_energy, box_patch_auroc
     grid = SimpleNamespace(grid=6)                                        # 6 x 6 patches of 16 px on 96 px
     boxes = [np.array([[16.0, 16.0, 48.0, 32.0]]), np.zeros((0, 4), np.float32)]   # patches (1,1), (1,2)
     z = torch.full((2, 36), 0.2)
@@ -198,7 +198,7 @@ def test_noise_bottleneck_removes_what_the_mask_drops(models):
 
 
 def test_zero_shot_prompt_pairs_softmax_by_hand(models):
-    from models.patch_ib_eval import prompt_embeddings, prompt_pairs, zero_shot_scores
+    from evals.patch_ib import prompt_embeddings, prompt_pairs, zero_shot_scores
     m = models["B"]
     pairs = prompt_pairs()
     from data.labels import CHEXPERT_LABELS
@@ -215,7 +215,7 @@ def test_zero_shot_prompt_pairs_softmax_by_hand(models):
 
 
 def test_attention_figure_words_join_word_pieces(models):
-    from models.patch_ib_eval import shown_words
+    from evals.patch_ib import shown_words
     m = models["B"]
     ids, _, wm = m.tokenize(["Findings: the catheter terminates in the superior vena cava. | Impression: ok."])
     words = shown_words(m, ids[0], wm[0])

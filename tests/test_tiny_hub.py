@@ -1,4 +1,4 @@
-"""Tests of the tiny model hub (models/tiny_hub*.py) and the loading entry point (models/pretrained.py).
+"""Tests of the tiny model hub (hub/tiny_hub*.py) and the loading entry point (hub/pretrained.py).
 
 Run:  /work/venv/bin/pytest -q tests/test_tiny_hub.py            (fast: all but T5, ~38 s on 2 cores)
       /work/venv/bin/pytest -q -m slow tests/test_tiny_hub.py    (the T5 build test, ~10 s)
@@ -19,7 +19,7 @@ import timm
 from transformers import (AutoModel, AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM, SiglipModel,
                           T5ForConditionalGeneration)
 
-from models import pretrained, tiny_hub, tiny_hub_text as text, tiny_hub_vision as vision
+from hub import pretrained, tiny_hub, tiny_hub_text as text, tiny_hub_vision as vision
 
 IMAGE_SIZE = 64     # 4x4 patch grid: fast
 HELD_OUT_SEED = 7   # not a split seed of data/phantom.py, and not the hub's
@@ -105,7 +105,7 @@ def test_t5_span_reloads_and_beats_random_twin(tmp_path, corpora):
 
 VOCAB_SCRIPT = """
 import hashlib, json
-from models import tiny_hub, tiny_hub_text as text
+from hub import tiny_hub, tiny_hub_text as text
 reports = tiny_hub.phantom_corpus(192, 64, 0, "")["reports"]
 siglip = text.siglip_tokenizer(dict(reports=reports), "tiny-hub/siglip")
 t5 = text.counted_unigram_tokenizer(reports, text.T5_VOCAB_SIZE, text.T5_SENTINELS, 128)

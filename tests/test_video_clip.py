@@ -26,7 +26,7 @@ def _has_metrics():
 # the evaluation uses metrics/ (accuracy, F1, retrieval, bootstrap), written by the metrics issue; until it
 # lands the tests that evaluate are skipped, never faked
 needs_metrics = pytest.mark.skipif(not _has_metrics(), reason="metrics/ (metrics issue) is not in the tree yet")
-from models.clip_align_eval import alignment_vs_correctness, video_clip_metrics
+from evals.video_clip import alignment_vs_correctness, video_clip_metrics
 
 SMALL = ["data.num_train=32", "data.num_val=16", "data.num_test=16", "train.batch_size=8", "eval.visualize=0"]
 SEED_COMMANDS = {   # seed 003 "Example Commands", same overrides

@@ -28,8 +28,8 @@ Design choices:
 - Every build measures its objective on held-out phantoms before/after training and for a random-init
   twin; the numbers are stored in the marker and shown by `list`.
 
-CLI:  python -m models.tiny_hub build [--cache DIR] [--only NAME] [--force] [--image-size 96]
-      python -m models.tiny_hub list [--cache DIR]
+CLI:  python -m hub.tiny_hub build [--cache DIR] [--only NAME] [--force] [--image-size 96]
+      python -m hub.tiny_hub list [--cache DIR]
 """
 import argparse
 import json
@@ -42,7 +42,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from models import tiny_hub_text, tiny_hub_vision
+from hub import tiny_hub_text, tiny_hub_vision
 
 DEFAULT_CACHE = os.path.join("~", ".cache", "cxr-vlm", "tiny-hub")
 DEFAULT_IMAGE_SIZE = 96
@@ -127,7 +127,7 @@ def phantom_corpus(num_samples, image_size=DEFAULT_IMAGE_SIZE, start_index=0, de
     from data.phantom import PHANTOM_SPLIT_SEEDS, ChestPhantomDataset
     seed = PHANTOM_SPLIT_SEEDS["hub"] if seed is None else seed
     dataset = ChestPhantomDataset(num_samples, image_size=image_size, seed=seed, start_index=start_index)
-    samples = [dataset[i] for i in tqdm(range(num_samples), desc=desc, leave=False)]
+    samples = [dataset[i] for i in tqdm(range(num_samples), desc=desc, leave=False, disable=None)]
     return dict(images=torch.stack([s["image"] for s in samples]).float(),
                 reports=[s["report"] for s in samples],
                 labels=torch.stack([torch.as_tensor(s["labels"]) for s in samples]).float())
@@ -181,7 +181,7 @@ def build_model(name, cache=None, steps=None, force=False, image_size=DEFAULT_IM
         os.makedirs(tmp_dir)
         out_path = tmp_dir if "." not in entry.filename else os.path.join(tmp_dir, entry.filename)
         extra = dict(image_size=image_size) if entry.uses_image_size else {}
-        with tqdm(total=steps, desc=name, disable=not verbose) as progress:
+        with tqdm(total=steps, desc=name, disable=None if verbose else True) as progress:
             measurements, _ = entry.build(out_path, train, held_out, steps=steps, seed=seed, progress=progress, **extra)
         remove_path(target)      # a stale or half-built copy without marker
         os.replace(out_path, target)
@@ -246,7 +246,7 @@ def list_models(cache=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m models.tiny_hub", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hub.tiny_hub", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build all hub models (or --only one)")
     build.add_argument("--cache", default=None, help="cache dir (default: $CXR_TINY_HUB or ~/.cache/cxr-vlm/tiny-hub)")

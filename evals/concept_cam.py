@@ -1,6 +1,6 @@
 """Evaluation of a Concept CAM checkpoint: classification, CAM localization, prototype maps, PNGs.
 
-    evaluate_concept_cam(model, dataset, concept_boxes, source, stage, task_head, args, device, ctx, ...)
+    evaluate(model, dataset, cfg, device, ctx, prefix, visualize, out_dir, bootstrap, stage=, concept_boxes=, source=)
         -> flat dict: concept/auroc/<concept>, concept/auroc/macro (+ ap, f1), disease/... (stage 3),
            prototype_concept/... (stage >= 2), loc/pointing_game, loc/iou_acc@T, loc/iobb_acc@T,
            loc/energy_in_boxes (CAMs), proto_loc/... (prototype similarity maps), each also per concept
@@ -98,11 +98,14 @@ def localization_scores(maps, present, boxes, image_size, threshold, prefix):
     return scores
 
 
-def evaluate_concept_cam(model, dataset, concept_boxes, source, stage, task_head, args, device, ctx, threshold,
-                         batch_size, prefix="", classification=True):
+def evaluate(model, dataset, cfg, device, ctx, prefix="", visualize=0, out_dir=None, bootstrap=0, *, stage,
+             concept_boxes, source, classification=True):
+    """-> flat dict: concept (and prototype / disease) classification metrics, CAM localization (loc/...),
+    bootstrap intervals of the concept macro-AUROC; CAM sheets for the first `visualize` images into out_dir.
+    concept_boxes(batch, b, source) -> (boxes (M, 4), concept ids (M,)) of image b; stage: the checkpoint's."""
     from metrics.classification import classification_metrics
-    keep = int(getattr(args, "visualize", 0) or 0)
-    c = collect(model, dataset, concept_boxes, source, stage, task_head, device, ctx, batch_size, keep)
+    threshold, task_head, keep = cfg.eval.cam_threshold, cfg.stage3.task_head, int(visualize or 0)
+    c = collect(model, dataset, concept_boxes, source, stage, task_head, device, ctx, cfg.train.batch_size, keep)
     metrics = {}
     present = c.get("concepts")
     if classification:
@@ -117,16 +120,16 @@ def evaluate_concept_cam(model, dataset, concept_boxes, source, stage, task_head
     if "prototype_maps" in c:
         metrics.update(localization_scores(c["prototype_maps"], present, c["boxes"], c["image_size"], threshold,
                                            prefix + "proto_loc/"))
-    if getattr(args, "bootstrap", 0) and classification:
+    if bootstrap and classification:
         from metrics.classification import macro_auroc
         from metrics.detection import bootstrap
         probs, labels = c["concept_probs"].numpy(), present.numpy()
         metrics.update(bootstrap(lambda idx: {prefix + "concept/auroc/macro": macro_auroc(probs[idx], labels[idx])},
-                                 len(labels), num_samples=args.bootstrap, seed=0))
+                                 len(labels), num_samples=bootstrap, seed=0))
     for i in range(min(keep, len(c["images"]))):
         save_cam_sheet(c["images"][i], c["cams"][i], c["concept_probs"][i], c["boxes"][i],
                        None if present is None else present[i],
-                       Path(args.out_dir) / f"{prefix.strip('/') or 'cams'}_{i:03d}.png",
+                       Path(out_dir) / f"{prefix.strip('/') or 'cams'}_{i:03d}.png",
                        c["prototype_maps"][i] if "prototype_maps" in c else None)
     return metrics
 

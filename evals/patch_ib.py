@@ -1,4 +1,5 @@
-"""Evaluation of Patch-IB-CXR (evaluate.py dispatches here through train_patch_ib.evaluate_checkpoint).
+"""Evaluation of Patch-IB-CXR: `evaluate(model, dataset, cfg, device, ctx, prefix, visualize, out_dir)` and
+`predict_user_images(...)`, called by train_patch_ib.evaluate_checkpoint (evaluate.py and the run's final test).
 
 Keys (flat floats, prefix "<split>/"):
 - t2i/R@1,5,10 and i2t/R@1,5,10 (+ mean/median rank) of the GLOBAL embeddings (metrics.retrieval), with
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from data.labels import CHEXPERT_LABELS
+from data.loader import epoch_loader
 
 NO_FINDING_PROMPTS = ("no acute cardiopulmonary abnormality", "acute cardiopulmonary abnormality")
 DUPLICATE_RULE = ("identical report texts (case/whitespace normalized) form one group; a hit = any candidate "
@@ -65,7 +67,6 @@ def run_model(model, images, reports, device, use_local=True, use_ib=True):
 def embed_dataset(model, dataset, batch_size, device, ctx=contextlib.nullcontext(), num_workers=0):
     """-> dict: image, text, masked (N, E) (masked only with a mask), z, weights (N, P), reports, labels (N, C),
     boxes (list of (M, 4), phantoms only)"""
-    from data.loader import epoch_loader
     model.eval()
     out = {"image": [], "text": [], "masked": [], "z": [], "weights": [], "reports": [], "labels": [], "boxes": []}
     for batch in epoch_loader(dataset, batch_size, 0, 0, shuffle=False, drop_last=False, num_workers=num_workers):
@@ -134,10 +135,13 @@ def box_patch_auroc(model, z, boxes, size):
     return float(np.mean(values)) if values else float("nan")
 
 
-def evaluate_model(model, dataset, cfg, device, prefix, visualize=0, out_dir=None):
+def evaluate(model, dataset, cfg, device, ctx, prefix, visualize=0, out_dir=None, bootstrap=0):
+    """-> flat dict of floats (keys in the module docstring); bootstrap: not used here (printed)."""
+    if bootstrap:
+        print("patch_ib: --bootstrap is not used (no confidence intervals for retrieval / zero-shot here)")
     from metrics.classification import auroc
     from metrics.retrieval import retrieval_metrics
-    e = embed_dataset(model, dataset, cfg.train.batch_size, device, num_workers=cfg.data.num_workers)
+    e = embed_dataset(model, dataset, cfg.train.batch_size, device, ctx, num_workers=cfg.data.num_workers)
     groups = report_groups(e["reports"])
     chance = float(np.mean([(groups == g).mean() for g in groups]))
     metrics = {prefix + k: v for k, v in retrieval_metrics(e["image"] @ e["text"].T, groups, groups).items()}
@@ -231,7 +235,7 @@ def save_figures(model, image, report, boxes, out_dir, name, device):
 # user images
 
 @torch.no_grad()
-def predict_user_images(model, cfg, images, reference, out_dir, device):
+def predict_user_images(model, cfg, images, reference, out_dir, device, ctx=contextlib.nullcontext()):
     """images: a file or folder of PNG/JPEG; reference: the split whose reports are retrieved."""
     from data.io import load_image
     from data.transforms import build_transform
@@ -241,7 +245,7 @@ def predict_user_images(model, cfg, images, reference, out_dir, device):
     if not paths:
         raise FileNotFoundError(f"--images {images}: no .png/.jpg/.jpeg file there")
     transform = build_transform(False, cfg.data.image_size, mean=(0, 0, 0), std=(1, 1, 1))
-    e = embed_dataset(model, reference, cfg.train.batch_size, device, num_workers=cfg.data.num_workers)
+    e = embed_dataset(model, reference, cfg.train.batch_size, device, ctx, num_workers=cfg.data.num_workers)
     results, masks, out_dir = {}, [], Path(out_dir)
     model.eval()
     for file in paths:
@@ -265,21 +269,3 @@ def predict_user_images(model, cfg, images, reference, out_dir, device):
     if masks:
         metrics["images/mask_sparsity"] = float(np.mean(masks))
     return metrics
-
-
-def evaluate_checkpoint(checkpoint, args):
-    import training
-    from train_patch_ib import build_dataset, build_model
-    cfg = training.Config.wrap(checkpoint["config"])
-    device, _, _, _ = training.setup_device(getattr(args, "device", None) or "auto", "float32")
-    model = build_model(cfg)
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
-    print(f"patch_ib: variant {cfg.model.variant}, checkpoint step {checkpoint.get('step')} "
-          f"(phase {checkpoint.get('phase')})")
-    if getattr(args, "bootstrap", 0):
-        print("patch_ib: --bootstrap is not used (no confidence intervals for retrieval / zero-shot here)")
-    if getattr(args, "images", None):
-        return predict_user_images(model, cfg, args.images, build_dataset(cfg, args.split), args.out_dir, device)
-    return evaluate_model(model, build_dataset(cfg, args.split), cfg, device, f"{args.split}/",
-                          getattr(args, "visualize", 0), getattr(args, "out_dir", None))

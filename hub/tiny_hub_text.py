@@ -4,7 +4,7 @@
 Each `build_*` function trains one model on a phantom corpus for a fixed number of steps with a fixed
 seed, saves it in its library's own format (`save_pretrained`: config.json + model.safetensors +
 tokenizer.json/tokenizer_config.json) into `out_dir`, and returns (measurements, the trained model): a dict (its objective
-on held-out phantoms before/after, beside a random-init twin). models/tiny_hub.py orchestrates them.
+on held-out phantoms before/after, beside a random-init twin). hub/tiny_hub.py orchestrates them.
 
 Design choices:
 - Tokenizers are wrapped in the transformers 5.x class of the family (`BertTokenizer` for WordPiece,
@@ -387,7 +387,7 @@ class SiglipWithLabelHead(torch.nn.Module):
 @torch.no_grad()
 def label_head_auroc(model, data, batch_size=64):
     """Macro-AUROC of the build's label head on `data` (held-out phantoms)."""
-    from models.tiny_hub_vision import macro_auroc
+    from hub.tiny_hub_vision import macro_auroc
     model.eval()
     logits = torch.cat([model.label_logits(model.siglip.vision_model(
         pixel_values=siglip_pixels(data["images"][s:s + batch_size])))

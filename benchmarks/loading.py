@@ -1,6 +1,6 @@
 """Does data loading keep up with tiny training? Phantom speed and loader throughput, side by side.
 
-    python -m data.benchmark                 # ~1 minute on 2 cores; prints a markdown table
+    python -m benchmarks.loading                 # ~1 minute on 2 cores; prints a markdown table
 
 Measured in one run, on this machine:
 1. phantom generation, one process, images/s at 128 and 224 px (no transform);
@@ -14,7 +14,7 @@ Measured in one run, on this machine:
 The ratio (loader samples/s) / (training samples/s) is the figure that matters: >= 10 means loading
 never limits the tiny runs. Both sides compete for the same 2 cores, as they do in a real run.
 
-    python -m data.benchmark --systems       # ~1.5 minutes more: the five tiny training runs themselves
+    python -m benchmarks.loading --systems       # ~1.5 minutes more: the five tiny training runs themselves
                                              # (they load the tiny hub: built on first use, ~4 min)
 
 4. for each root script, its own tiny step and its own training data, side by side: the script runs ~30

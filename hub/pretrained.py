@@ -8,7 +8,7 @@
 
 Design choices:
 - Paper configs name real weights (google/flan-t5-base, a MedMAE .pth path, torchvision/densenet121);
-  tiny configs name tiny-hub models (models/tiny_hub.py). Both go through the same loader calls.
+  tiny configs name tiny-hub models (hub/tiny_hub.py). Both go through the same loader calls.
 - A name that cannot be loaded (offline and not cached, a missing file) raises ONE PretrainedLoadError
   that names the model, the cache it looked in and the tiny config to run instead. Never a silent
   fallback to random weights: random weights only come from an explicit `random_init_twin`.
@@ -23,7 +23,7 @@ import re
 
 import torch
 
-from models import tiny_hub, tiny_hub_text, tiny_hub_vision
+from hub import tiny_hub, tiny_hub_text, tiny_hub_vision
 
 # which system's tiny config replaces a public pretrained name (for the error message)
 SYSTEM_OF_PUBLIC_NAME = [

@@ -1,35 +1,27 @@
 """Where does a Patch-IB checkpoint's retrieval signal live on phantoms? An oracle pooling probe.
 
-    python -m models.patch_ib_probe RUN/best.pt [--split test]
+    python train_patch_ib.py --probe RUN/best.pt [--probe-split test]
 
 For the phantoms of the split that have finding boxes, the image embedding is rebuilt from the SAME patch
 tokens and image_proj with three poolings: all patches (the model's own global embedding), only the patches
 whose centre lies in a finding box, only the other patches; each is scored by text-to-image R@1 / R@5 among
-the images with patch centres both inside and outside the boxes (duplicate rule of models/patch_ib_eval.py). If the box-only pooling retrieves no better than
+the images with patch centres both inside and outside the boxes (duplicate rule of evals/patch_ib.py). If the box-only pooling retrieves no better than
 the outside-only pooling, a mask that keeps the box patches gains nothing on the retrieval losses, and a
 bottleneck trained by them has no reason to localize the findings. Prints a table; returns the dict.
 Shape letters: N images with boxes, P patches, Dv tower width, E embed.
 """
-import argparse
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from evals.patch_ib import report_groups
+from metrics.localization import box_masks
+from metrics.retrieval import retrieval_metrics
+
 
 @torch.no_grad()
-def probe(checkpoint_path, split="test"):
-    import training
-    from metrics.localization import box_masks
-    from metrics.retrieval import retrieval_metrics
-    from models.patch_ib_eval import report_groups
-    from train_patch_ib import build_dataset, build_model
-    checkpoint = training.load_checkpoint(checkpoint_path, restore_rng=False)
-    cfg = training.Config.wrap(checkpoint["config"])
-    model = build_model(cfg)
-    model.load_state_dict(checkpoint["model"])
-    model.eval()
-    dataset = build_dataset(cfg, split)
+def probe(model, dataset, name="checkpoint", split="test"):
+    """model: a built Patch-IB in eval mode; dataset: the split's phantoms -> dict of the table's numbers."""
     samples = [dataset[i] for i in range(len(dataset))]
     samples = [s for s in samples if len(s["boxes"])]
     size = samples[0]["image"].shape[-1]
@@ -55,7 +47,7 @@ def probe(checkpoint_path, split="test"):
         r = retrieval_metrics(similarity, groups[usable.numpy()], groups[usable.numpy()], ks=(1, 5))
         results.update({f"{name}/t2i/R@1": r["t2i/R@1"], f"{name}/t2i/R@5": r["t2i/R@5"],
                         f"{name}/images": float(usable.sum())})
-    print(f"{checkpoint_path} ({split}: {int(usable.sum())} phantoms with patch centres both inside and outside "
+    print(f"{name} ({split}: {int(usable.sum())} phantoms with patch centres both inside and outside "
           f"the finding boxes, of {len(samples)} with boxes; box patches {float(inside[usable].mean()):.3f} of the "
           f"grid; chance R@1 about {1 / int(usable.sum()):.4f})")
     print("| pooling | images | t2i R@1 | t2i R@5 |\n| --- | --- | --- | --- |")
@@ -63,16 +55,3 @@ def probe(checkpoint_path, split="test"):
         print(f"| {name} | {results[name + '/images']:.0f} | {results[name + '/t2i/R@1']:.3f} | "
               f"{results[name + '/t2i/R@5']:.3f} |")
     return results
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint")
-    parser.add_argument("--split", default="test", choices=("val", "test"))
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    return probe(args.checkpoint, args.split)
-
-
-if __name__ == "__main__":
-    main()

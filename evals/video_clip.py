@@ -1,6 +1,7 @@
 """Evaluation of VideoAttentionCLIP (seed 003 D1/D2 and classification), used by train_video_clip.py's
 validation, its final test evaluation and evaluate.py (through `evaluate_checkpoint`).
 
+    metrics = evaluate(model, dataset, cfg, device, ctx, "test/", visualize, out_dir, bootstrap)   -> flat dict
     pred = predict(model, loader, device, ctx)           -> dict of CPU tensors over the split
     metrics = video_clip_metrics(pred, prefix="test/")   -> flat dict of floats
     save_strips(model, dataset, n, out_dir, device, ctx, class_names)   -> PNG strips
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from data.loader import epoch_loader
 from models.clip_align_losses import token_saliency
 
 
@@ -176,3 +178,15 @@ def save_strips(model, dataset, n, out_dir, device, ctx, class_names, zoom=4):
         canvas.save(path)
         paths.append(path)
     return paths
+
+
+def evaluate(model, dataset, cfg, device, ctx, prefix, visualize=0, out_dir=None, bootstrap=0):
+    loader = epoch_loader(dataset, cfg.train.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False,
+                          num_workers=cfg.data.num_workers)
+    pred = predict(model, loader, device, ctx)
+    metrics = video_clip_metrics(pred, prefix)
+    if bootstrap:
+        metrics.update(bootstrap_classification(pred, bootstrap, prefix))
+    if visualize and out_dir is not None:
+        save_strips(model, dataset, visualize, out_dir, device, ctx, list(dataset.class_names))
+    return metrics

@@ -1,0 +1,116 @@
+"""Evaluation of CheXQuery-MedVLM: generated reports scored against the references (docs/chexquery.md).
+
+    metrics = evaluate(model, dataset, cfg, device, ctx, prefix, visualize, out_dir, tokenizer=, targets_of=, ...)
+    metrics = predict_user_images(model, cfg, images, out_dir, device, ctx, tokenizer=)   # generated_reports.jsonl
+    generate_reports(model, images, tokenizer, cfg, device, ctx) -> (B report strings, model outputs)
+
+Keys: bleu1..4, rougeL, meteor, cider (metrics/text.py), clinical/... (rule labeler on both sides,
+metrics/clinical.py), template_frequent/... and template_normal/... (constant-report baselines scored on the
+same references), aux/auroc/... (the auxiliary head against the dataset's labels). Decoding follows
+cfg.generation (seed 001 §4.6: beams, no-repeat n-gram, length penalty, min / max length).
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.labels import CHEXPERT_LABELS
+from data.loader import epoch_loader
+from data.sample import DataError
+from metrics.classification import classification_metrics
+from metrics.clinical import clinical_metrics
+from metrics.text import template_baselines, text_metrics
+from models.text_decoder import prompt_prefix
+
+
+def generation_settings(cfg):
+    return {k: cfg.generation[k] for k in ("num_beams", "no_repeat_ngram_size", "length_penalty", "early_stopping",
+                                           "min_length", "max_length")}
+
+
+@torch.no_grad()
+def generate_reports(model, images, tokenizer, cfg, device, ctx):
+    """images (B, 3, H, W) -> (list of B report strings, encode dict)."""
+    prompt_ids = tokenizer(prompt_prefix(cfg.data.prompt_template), add_special_tokens=False).input_ids
+    with ctx:
+        tokens, out = model.generate(images.to(device), prompt_ids, generation_settings(cfg))
+    return [t.strip() for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)], out
+
+
+def user_images(path):
+    path = Path(path)
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"--images {path}: no such file or folder; expected an image or a folder of images")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+    if not files:
+        raise DataError(f"--images {path}: no image files ({', '.join(sorted(suffixes))}) in this folder")
+    return files
+
+
+def predict_user_images(model, cfg, path, out_dir, device, ctx, *, tokenizer):
+    """Generate a report for each image under `path`; writes generated_reports.jsonl into out_dir."""
+    from data.io import load_image
+    from data.transforms import build_transform
+    transform = build_transform(False, cfg.data.image_size)
+    rows = []
+    for file in tqdm(user_images(path), desc="generate", leave=False, disable=None):
+        image, _, _ = transform(load_image(file, str(file)))                    # (3, H, W) normalized
+        reports, _ = generate_reports(model, image[None], tokenizer, cfg, device, ctx)
+        rows.append({"image": str(file), "report": reports[0]})
+        print(f"{file}: {reports[0]}")
+    target = Path(out_dir) / "generated_reports.jsonl"
+    target.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {target}")
+    return {"images/count": float(len(rows))}
+
+
+def save_attention_pngs(model, dataset, count, cfg, tokenizer, device, ctx, out_dir):
+    """One PNG per image: each of the 20 queries' last-layer cross-attention over the image."""
+    from metrics.visualize import attention_grid
+    names = [f"C: {n}" for n in model.condition_queries.names] + [f"A: {n}" for n in model.anatomical_queries.names]
+    grid = model.vision_encoder.patch_grid
+    for i in range(min(count, len(dataset))):
+        sample = dataset[i]
+        report, out = generate_reports(model, sample["image"][None], tokenizer, cfg, device, ctx)
+        maps = out["attention"][0, -1].float().cpu().view(-1, grid, grid).numpy()   # (N, h, w)
+        image = (sample["image"][0].numpy() * 0.5 + 0.5).clip(0, 1)                # (H, W) un-normalized
+        attention_grid(image, maps, names, str(Path(out_dir) / f"cross_attention_{i:03d}.png"))
+
+
+def evaluate(model, dataset, cfg, device, ctx, prefix="", visualize=0, out_dir=None, bootstrap=0, *, tokenizer,
+             targets_of, train_reports=None, split="test"):
+    """Generate for every sample -> text metrics, rule-based clinical F1, template baselines, aux AUROC (flat
+    dict, keys with `prefix`). targets_of(batch, cfg) -> (B, 14) auxiliary targets. With out_dir: the generated
+    and reference reports in reports_<split>.jsonl and `visualize` cross-attention PNGs. bootstrap: not used."""
+    model.eval()
+    predictions, references, scores, targets = [], [], [], []
+    limit = cfg.eval.max_samples or len(dataset)
+    for batch in tqdm(epoch_loader(dataset, cfg.eval.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False),
+                      desc="evaluate", leave=False, disable=None):
+        reports, out = generate_reports(model, batch["image"], tokenizer, cfg, device, ctx)
+        predictions += reports
+        references += list(batch["report"])
+        scores.append(torch.sigmoid(out["aux_logits"].float()).cpu())
+        targets.append(targets_of(batch, cfg))
+        if len(predictions) >= limit:
+            break
+    predictions, references = predictions[:limit], references[:limit]
+    metrics = dict(text_metrics(predictions, references, meteor=cfg.eval.meteor))
+    metrics.update(clinical_metrics(predictions, references))
+    if train_reports:
+        metrics.update(template_baselines(train_reports, references))
+    scores, targets = torch.cat(scores)[:limit].numpy(), torch.cat(targets)[:limit].numpy()
+    metrics.update(classification_metrics(scores, targets, list(CHEXPERT_LABELS), prefix="aux/"))
+    metrics = {prefix + k: float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+    if out_dir is not None:
+        (Path(out_dir) / f"reports_{split}.jsonl").write_text(
+            "".join(json.dumps({"generated": p, "reference": r}) + "\n" for p, r in zip(predictions, references)))
+        if visualize:
+            save_attention_pngs(model, dataset, visualize, cfg, tokenizer, device, ctx, out_dir)
+    return metrics
