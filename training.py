@@ -437,19 +437,27 @@ def check_finite(loss_terms, step):
 
 
 class RunLogger:
-    """Appends one JSON object per call to out_dir/log.jsonl and prints a compact line."""
+    """Appends one JSON object per call to out_dir/log.jsonl (every value) and prints a compact line: at most
+    `max_printed` values, per-class keys (two or more '/', e.g. val/ap@0.5/Nodule) left out, a count of
+    what log.jsonl has beyond that."""
 
-    def __init__(self, out_dir, filename="log.jsonl"):
+    def __init__(self, out_dir, filename="log.jsonl", max_printed=14):
         self.path = Path(out_dir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_printed = max_printed
 
     def log(self, echo=True, **record):
         record = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if echo:
-            parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()]
-            (tqdm_write if "tqdm" in sys.modules else print)(" | ".join(parts))
+            (tqdm_write if "tqdm" in sys.modules else print)(self.line(record))
+
+    def line(self, record):
+        shown = [k for k in record if k.count("/") < 2][:self.max_printed]
+        parts = [f"{k} {record[k]:.4g}" if isinstance(record[k], float) else f"{k} {record[k]}" for k in shown]
+        hidden = len(record) - len(shown)
+        return " | ".join(parts) + (f" | (+{hidden} more in {self.path.name})" if hidden else "")
 
 
 def tqdm_write(text):

@@ -2,6 +2,7 @@
 
 Run: pytest -q tests/test_training.py   (CPU, a few seconds)
 """
+import json
 import math
 
 import pytest
@@ -278,3 +279,16 @@ def test_run_processes_runs_each_command_logs_it_and_reports_exit_codes(tmp_path
     assert [(tmp_path / f"job{i}.log").read_text().strip() for i in range(3)] == ["out 0", "out 1", "out 2"]
     with pytest.raises(RuntimeError, match=r"job1 failed \(exit 1\); see .*job1\.log"):
         training.run_processes(commands, jobs=1, stop_on_failure=True, poll_seconds=0.05)
+
+
+def test_run_logger_prints_a_compact_line_and_writes_every_value(tmp_path, capsys):
+    from training import RunLogger
+    record = {"step": 7, "loss": 0.25, "val/map": 0.5}
+    record.update({f"val/ap@0.5/class{k}": k / 100 for k in range(40)})          # per-class: JSONL only
+    record.update({f"term{k}": float(k) for k in range(20)})
+    RunLogger(tmp_path).log(**record)
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("step 7 | loss 0.25 | val/map 0.5 | term0 0 |")
+    assert "class" not in printed and printed.count(" | ") == 14                # 14 values + the remainder note
+    assert printed.endswith(f"(+{len(record) - 14} more in log.jsonl)")
+    assert json.loads((tmp_path / "log.jsonl").read_text()) == record
