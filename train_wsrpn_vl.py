@@ -200,7 +200,7 @@ def compare(argv, seeds, out_dir, jobs=1):
         return out_dir / f"arm{index}-seed{seed}"
 
     def arm_argv(index, seed):
-        return argv + ["--out", str(run_dir_of(index, seed)), *COMPARE_ARMS[index][1], f"seed={seed}"]
+        return argv + ["--out", str(run_dir_of(index, seed)), *COMPARE_ARMS[index][1], f"train.seed={seed}"]
 
     if jobs > 1:
         script = str(Path(__file__).resolve())
@@ -246,9 +246,9 @@ def main(argv=None):
     t = cfg.train
 
     # --- device, seed, AMP
-    if t.cpu_threads > 0:
-        torch.set_num_threads(t.cpu_threads)
-    training.seed_everything(cfg.seed)
+    if t.num_threads > 0:
+        torch.set_num_threads(t.num_threads)
+    training.seed_everything(t.seed)
     device, ctx, scaler, dtype = training.setup_device(t.device, t.dtype)
     print(f"device {device}, dtype {dtype}")
 
@@ -285,14 +285,14 @@ def main(argv=None):
         training.save_checkpoint(path, model, optimizer, scaler, step, epoch, scheduler.phase(epoch), best_metric, cfg,
                                  tokenizer=text_encoder.tokenizer, batch_in_epoch=batch_in_epoch)
 
-    def validate(epoch):
+    def validate(epoch, batch_in_epoch):
         nonlocal best_metric
         metrics = evals.wsrpn_vl.evaluate_detection(model, val_set, cfg, device, ctx, text_encoder,
                                      rodeo_too=cfg.eval.select_metric != "map")
         logger.log(step=step, epoch=epoch, phase=scheduler.phase(epoch), **{f"val/{k}": v for k, v in metrics.items()})
         if metrics[cfg.eval.select_metric] > best_metric:
             best_metric = metrics[cfg.eval.select_metric]
-            save(out_dir / "best.pt", epoch + 1, 0)
+            save(out_dir / "best.pt", *((epoch + 1, 0) if batch_in_epoch == steps_per_epoch else (epoch, batch_in_epoch)))
         model.train()
 
     # --- loop
@@ -303,7 +303,7 @@ def main(argv=None):
         if stop_after is not None and weights["phase"] > stop_after:
             break
         model.train()
-        loader = epoch_loader(train_set, t.batch_size, cfg.seed, epoch, start_batch=start_batch,
+        loader = epoch_loader(train_set, t.batch_size, t.seed, epoch, start_batch=start_batch,
                               num_workers=cfg.data.num_workers)
         progress = tqdm(loader, desc=f"epoch {epoch} phase {weights['phase']}", initial=start_batch,
                         total=steps_per_epoch, leave=False, disable=None)
@@ -335,7 +335,9 @@ def main(argv=None):
                        loss=loss.item(), **{k: v.item() for k, v in terms.items()}, **stats,
                        sigma_mean=out["sigma"].mean().item(), lr=lr, grad_norm=grad_norm.item(),
                        s_per_step=time.perf_counter() - started, data_s=started - ready)
-            if t.max_steps and step >= t.max_steps:
+            if t.eval_interval and step % t.eval_interval == 0:
+                validate(epoch, batch_index + 1)
+            if t.stop_after_steps and step >= t.stop_after_steps:
                 finished = True
                 save(out_dir / "last.pt", epoch, batch_index + 1)
                 break
@@ -344,8 +346,11 @@ def main(argv=None):
         if finished:
             break
         save(out_dir / "last.pt", epoch + 1, 0)
-        if (epoch + 1) % t.val_every_epochs == 0 or epoch + 1 == t.epochs:
-            validate(epoch)
+        if not t.eval_interval or (epoch + 1 == t.epochs and step % t.eval_interval):
+            validate(epoch, steps_per_epoch)
+    if finished and step < total_steps:   # stopped early (train.stop_after_steps): resume from last.pt, no test
+        print(f"stopped at step {step} of {total_steps} (train.stop_after_steps); --resume {out_dir / 'last.pt'}")
+        return out_dir
 
     # --- final test evaluation of best.pt (last.pt if no validation ran) into metrics.json
     best = out_dir / "best.pt" if (out_dir / "best.pt").exists() else out_dir / "last.pt"

@@ -90,7 +90,7 @@ def training_rate(batch_size, size, steps, loader=None):
 # (decoder frozen; 2 micro-batches of 16 per step), Patch-IB phase "global", VideoAttentionCLIP (one phase).
 SYSTEMS = [
     ("train_wsrpn_vl", "phase 1", 16, "data.train_samples",
-     ["--phase", "1", "train.max_steps=30", "train.log_interval=1", "eval.final_test=false", "data.val_samples=16"]),
+     ["--phase", "1", "train.stop_after_steps=30", "train.log_interval=1", "eval.final_test=false", "data.val_samples=16"]),
     ("train_concept_cam", "stage 2", 16, "data.num_train",
      ["--stage", "2", "train.stop_after_steps=40", "train.log_interval=1", "data.num_val=16", "data.num_test=16",
       "stage2.epochs=10"]),

@@ -13,7 +13,7 @@ import train_wsrpn_vl
 
 TINY = ["data.train_samples=24", "data.val_samples=6", "data.test_samples=6", "data.image_size=64",
         "train.batch_size=4", "train.epochs=2", "loss.warmup_epochs=1", "loss.gaussian_start_epoch=2",
-        "train.val_every_epochs=100", "eval.visualize=0", "model.num_roi_tokens=4", "model.d_emb=32",
+        "train.eval_interval=100000", "eval.visualize=0", "model.num_roi_tokens=4", "model.d_emb=32",
         "model.d_hidden=64"]
 
 
@@ -22,7 +22,7 @@ def read_log(path):
 
 
 def test_two_step_smoke_run_writes_checkpoint_config_and_log(tmp_path):
-    out = train_wsrpn_vl.main(["--out", str(tmp_path), *TINY, "train.max_steps=2", "eval.final_test=false"])
+    out = train_wsrpn_vl.main(["--out", str(tmp_path), *TINY, "train.stop_after_steps=2", "eval.final_test=false"])
     assert (out / "config.yaml").exists() and (out / "last.pt").exists()
     rows = read_log(out / "log.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
@@ -36,10 +36,10 @@ def test_two_step_smoke_run_writes_checkpoint_config_and_log(tmp_path):
 
 def test_resume_reproduces_the_uninterrupted_run_across_a_phase_boundary(tmp_path):
     # ~18 usable phantoms in batches of 4: epoch 0 (steps 1-4 or 5) is phase 1, epoch 1 is phase 2
-    straight = train_wsrpn_vl.main(["--out", str(tmp_path / "a"), *TINY, "train.max_steps=6", "eval.final_test=false"])
-    first = train_wsrpn_vl.main(["--out", str(tmp_path / "b"), *TINY, "train.max_steps=3", "eval.final_test=false"])
+    straight = train_wsrpn_vl.main(["--out", str(tmp_path / "a"), *TINY, "train.stop_after_steps=6", "eval.final_test=false"])
+    first = train_wsrpn_vl.main(["--out", str(tmp_path / "b"), *TINY, "train.stop_after_steps=3", "eval.final_test=false"])
     resumed = train_wsrpn_vl.main(["--out", str(tmp_path / "c"), "--resume", str(first / "last.pt"), *TINY,
-                                   "train.max_steps=6", "eval.final_test=false"])
+                                   "train.stop_after_steps=6", "eval.final_test=false"])
     a, c = read_log(straight / "log.jsonl"), read_log(resumed / "log.jsonl")
     assert [r["step"] for r in c] == [4, 5, 6]
     assert {r["phase"] for r in a} == {1, 2}  # the run crosses into phase 2 (text branch on)
@@ -58,7 +58,7 @@ def test_paper_size_model_runs_one_step_on_cpu(tmp_path):
                                "consolidation, atelectasis, nodule, edema, enlarged cardiomediastinum]",
                                "data.caption=findings", "data.train_samples=12", "data.val_samples=4",
                                "data.test_samples=4", "data.num_workers=0", "train.batch_size=2",
-                               "train.max_steps=1", "loss.warmup_epochs=0", "eval.final_test=false", "train.device=cpu"])
+                               "train.stop_after_steps=1", "loss.warmup_epochs=0", "eval.final_test=false", "train.device=cpu"])
     checkpoint = torch.load(out / "last.pt", weights_only=False)
     weights = checkpoint["model"]
     assert weights["wsrpn.projection.0.weight"].shape == (1024,)  # BatchNorm over DenseNet-121 channels
@@ -96,7 +96,7 @@ def test_build_dataset_reads_nih_wsrpn_split_and_mimic_reports(tmp_path):
 
 def test_evaluate_checkpoint_metrics_pngs_and_user_images(tmp_path):
     pytest.importorskip("metrics.detection")
-    out = train_wsrpn_vl.main(["--out", str(tmp_path / "run"), *TINY, "train.max_steps=2", "eval.final_test=false",
+    out = train_wsrpn_vl.main(["--out", str(tmp_path / "run"), *TINY, "train.stop_after_steps=2", "eval.final_test=false",
                                "loss.warmup_epochs=0"])
     checkpoint = torch.load(out / "last.pt", weights_only=False)
     args = SimpleNamespace(checkpoint=str(out / "last.pt"), split="test", bootstrap=3, visualize=2, images=None,
@@ -123,7 +123,7 @@ def test_compare_aggregates_mean_and_std_over_seeds(tmp_path, monkeypatch):
     def fake_main(argv):
         out = argv[argv.index("--out") + 1]
         text_on = "model.use_vl_branch=true" in argv
-        seed = int(next(a for a in argv if a.startswith("seed=")).split("=")[1])
+        seed = int(next(a for a in argv if a.startswith("train.seed=")).split("=")[1])
         calls.append(argv)
         import pathlib
         pathlib.Path(out).mkdir(parents=True)
@@ -164,7 +164,7 @@ def test_compare_jobs_runs_separate_processes_at_most_jobs_at_once(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     table = train_wsrpn_vl.compare(["--config", "x.yaml"], 2, "cmp", jobs=2)
     assert len(started) == 2 * len(train_wsrpn_vl.COMPARE_ARMS)
-    assert all(c[1].endswith("train_wsrpn_vl.py") and c[-1] in ("seed=0", "seed=1") for c in started)
+    assert all(c[1].endswith("train_wsrpn_vl.py") and c[-1] in ("train.seed=0", "train.seed=1") for c in started)
     assert all(v["rodeo/total"] == [0.5, 0.5] for v in table.values())
     assert (tmp_path / "cmp" / "arm0-seed1" / "stdout.log").exists()
 
@@ -173,7 +173,7 @@ def test_validation_uses_metrics_and_best_pt_follows_the_selection_metric(tmp_pa
     """Validation every epoch through metrics/ (RoDeO, AP@IoU); best.pt is the epoch with the highest
     eval.select_metric, and the final test evaluation of best.pt writes metrics.json (evaluate.py's keys)."""
     pytest.importorskip("metrics.detection")
-    out = train_wsrpn_vl.main(["--out", str(tmp_path), *TINY, "train.val_every_epochs=1", "train.epochs=3",
+    out = train_wsrpn_vl.main(["--out", str(tmp_path), *TINY, "train.eval_interval=0", "train.epochs=3",
                                "eval.box_threshold=0.0", "eval.select_metric=rodeo/total"])
     rows = [json.loads(line) for line in open(out / "log.jsonl") if '"val/rodeo/total"' in line]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
@@ -192,3 +192,14 @@ def test_phase_flag_stops_after_that_phase(tmp_path):
     rows = read_log(out / "log.jsonl")
     assert rows and {r["phase"] for r in rows} == {1} and {r["epoch"] for r in rows} == {0}
     assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 1  # resumable at the start of phase 2
+
+
+def test_eval_interval_counts_steps_and_stop_after_steps_leaves_a_resumable_run(tmp_path):
+    """train.eval_interval=N validates every N optimizer steps (the shared train.* vocabulary); a run stopped by
+    train.stop_after_steps writes last.pt at that step and no test metrics."""
+    out = train_wsrpn_vl.main(["--out", str(tmp_path), *TINY, "train.eval_interval=2", "train.stop_after_steps=5",
+                               "eval.select_metric=rodeo/total"])
+    rows = [json.loads(line) for line in open(out / "log.jsonl") if '"val/rodeo/total"' in line]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 5
+    assert (out / "best.pt").exists() and not (out / "metrics.json").exists()
