@@ -248,14 +248,8 @@ def train_reports_of(cfg):
 
 def evaluate_checkpoint(checkpoint, args):
     """Loaded checkpoint dict + args (.split, .images, .visualize, .out_dir, .device) -> flat dict of floats."""
-    cfg = training.Config.wrap(checkpoint["config"])
-    cfg = training.apply_overrides(cfg, ["model.pretrained=false"])   # the weights come from the checkpoint
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    device, ctx, _, _ = training.setup_device(getattr(args, "device", None) or "auto", cfg.train.dtype)
-    model = build_model(cfg)
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
+    cfg, model, device, ctx = training.model_from_checkpoint(   # the weights come from the checkpoint
+        checkpoint, args, build_model, overrides=["model.pretrained=false"])
     tokenizer = load_tokenizer_for(cfg, checkpoint)
     out_dir = Path(getattr(args, "out_dir", None) or ".")
     if getattr(args, "images", None):

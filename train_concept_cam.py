@@ -353,13 +353,8 @@ def evaluate_run(checkpoint_path, out_dir, visualize, device):
 
 def evaluate_checkpoint(checkpoint, args):
     """Loaded checkpoint dict + args (.split, .bootstrap, .visualize, .images, .out_dir, .device) -> flat dict."""
-    cfg = training.Config.wrap(checkpoint["config"])
-    if cfg.train.get("num_threads"):
-        torch.set_num_threads(cfg.train.num_threads)
-    device, ctx, _, _ = training.setup_device(args.device if args.device else "auto", cfg.train.dtype)
-    model = build_model(cfg, pretrained=False)
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
+    cfg, model, device, ctx = training.model_from_checkpoint(checkpoint, args,
+                                                             lambda cfg: build_model(cfg, pretrained=False))
     stage, task_head = int(checkpoint["phase"]), cfg.stage3.task_head
     if getattr(args, "images", None):
         transform = build_transform(False, cfg.model.image_size, mean=(MEDMAE_MEAN,) * 3, std=(MEDMAE_STD,) * 3,

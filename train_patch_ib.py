@@ -90,11 +90,7 @@ def validation_loss(model, dataset, cfg, device, ctx):
 
 def evaluate_checkpoint(checkpoint, args):
     """evaluate.py's entry: loaded checkpoint + args -> flat dict of floats (evals/patch_ib.py)."""
-    cfg = training.Config.wrap(checkpoint["config"])
-    device, ctx, _, _ = training.setup_device(getattr(args, "device", None) or "auto", "float32")
-    model = build_model(cfg)
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
+    cfg, model, device, ctx = training.model_from_checkpoint(checkpoint, args, build_model, dtype="float32")
     print(f"patch_ib: variant {cfg.model.variant}, checkpoint step {checkpoint.get('step')} "
           f"(phase {checkpoint.get('phase')})")
     dataset = build_dataset(cfg, args.split)
@@ -305,10 +301,8 @@ def main(argv=None):
     if args.probe:
         from evals.patch_ib_probe import probe
         checkpoint = training.load_checkpoint(args.probe, restore_rng=False)
-        cfg = training.Config.wrap(checkpoint["config"])
-        model = build_model(cfg)
-        model.load_state_dict(checkpoint["model"])
-        return probe(model.eval(), build_dataset(cfg, args.probe_split), args.probe, args.probe_split)
+        cfg, model, _, _ = training.model_from_checkpoint(checkpoint, argparse.Namespace(device="cpu"), build_model)
+        return probe(model, build_dataset(cfg, args.probe_split), args.probe, args.probe_split)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.variants = args.variants.split(",")
     cfg = training.load_config(args.config, args.overrides)

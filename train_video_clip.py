@@ -95,13 +95,7 @@ def evaluate_checkpoint(checkpoint, args):
     (keys <split>/accuracy/mean, .../std, .../ci_low, .../ci_high); retrieval is not bootstrapped, since a
     resample repeats clips and breaks the 1:1 diagonal protocol.
     """
-    cfg = training.Config.wrap(checkpoint["config"])
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    device, ctx, _, _ = training.setup_device(getattr(args, "device", None) or "auto", cfg.train.dtype)
-    model = build_model(cfg)
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
+    cfg, model, device, ctx = training.model_from_checkpoint(checkpoint, args, build_model)
     dataset = build_dataset(cfg, args.split, root=getattr(args, "images", None))
     return evals.video_clip.evaluate(model, dataset, cfg, device, ctx, f"{args.split}/", getattr(args, "visualize", 0),
                                      getattr(args, "out_dir", None), getattr(args, "bootstrap", 0))

@@ -465,6 +465,19 @@ def tqdm_write(text):
     tqdm.write(text)
 
 
+
+def model_from_checkpoint(checkpoint, args, build_model, dtype=None, overrides=()):
+    """What every script's evaluate_checkpoint starts with: the checkpoint's config (+ overrides), torch threads
+    (train.num_threads), device and autocast from args.device (dtype: the config's unless given), and the model
+    made by build_model(cfg) holding the checkpoint's weights, in eval mode. -> (cfg, model, device, ctx)."""
+    cfg = apply_overrides(Config.wrap(checkpoint["config"]), list(overrides))
+    if cfg.train.get("num_threads"):
+        torch.set_num_threads(cfg.train.num_threads)
+    device, ctx, _, _ = setup_device(getattr(args, "device", None) or "auto", dtype or cfg.train.dtype)
+    model = build_model(cfg)
+    model.load_state_dict(checkpoint["model"])
+    return cfg, model.to(device).eval(), device, ctx
+
 # ----------------------------------------------------------------------------------------------------
 # comparison runs as separate processes (--jobs)
 
