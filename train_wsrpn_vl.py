@@ -362,7 +362,8 @@ def main(argv=None):
         metrics = evaluate_checkpoint(torch.load(best, map_location="cpu", weights_only=False), eval_args,
                                       text_encoder=text_encoder)
         training.atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
-        print("test:", " | ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k or k.count("/") == 1))
+        per_class = tuple("/" + name for name in cfg.data.classes)          # those stay in metrics.json only
+        print("test:", " | ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.endswith(per_class)))
     return out_dir
 
 
