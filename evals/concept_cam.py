@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 
 from data.labels import VINDR_CONCEPTS, VINDR_DISEASES
 from data.loader import epoch_loader
-from metrics.visualize import _font
+from metrics.visualize import _font, colorize
 
 IOU_THRESHOLDS = (0.1, 0.25, 0.5)
 
@@ -137,16 +137,6 @@ def evaluate(model, dataset, cfg, device, ctx, prefix="", visualize=0, out_dir=N
 # ----------------------------------------------------------------------------------------------------------
 # pictures
 
-def colour_map(values):
-    """values (H, W) in [0, 1] -> (H, W, 3) uint8, blue (0) -> cyan -> yellow -> red (1)."""
-    v = np.clip(values, 0, 1)[..., None]
-    stops = np.array([[0, 0, 160], [0, 200, 255], [255, 230, 0], [220, 0, 0]], np.float32)
-    position = v * (len(stops) - 1)
-    low = np.floor(position).astype(int).clip(0, len(stops) - 2)
-    frac = position - low
-    return (stops[low[..., 0]] * (1 - frac) + stops[low[..., 0] + 1] * frac).astype(np.uint8)
-
-
 def overlay_tile(image, grid_map, boxes, lines, size=192):
     """image (3, H, W) normalized; grid_map (h, w) -> PIL tile: the map (min-max over this tile) over the
     image, the boxes in white, and a 2-line title above."""
@@ -155,7 +145,7 @@ def overlay_tile(image, grid_map, boxes, lines, size=192):
     H, W = grey.shape
     upsampled = F.interpolate(grid_map[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy()
     normalized = (upsampled - upsampled.min()) / max(upsampled.max() - upsampled.min(), 1e-8)
-    blend = 0.55 * np.repeat(grey[..., None] * 255, 3, -1) + 0.45 * colour_map(normalized)
+    blend = 0.55 * np.repeat(grey[..., None] * 255, 3, -1) + 0.45 * colorize(normalized, 0.0, 1.0)
     tile = Image.fromarray(blend.astype(np.uint8)).resize((size, size), Image.BILINEAR)
     draw = ImageDraw.Draw(tile)
     scale = size / W
@@ -195,7 +185,7 @@ def save_cam_sheet(image, cams, probs, boxes, present, path, prototype_maps=None
     # colour bar: each tile's map min-max normalized, 0 (its min, bottom) .. 1 (its max, top)
     draw = ImageDraw.Draw(sheet)
     x0, top, height = len(shown) * (size + 4) + 4, header, len(rows) * (size + header + 4) - header - 8
-    sheet.paste(Image.fromarray(colour_map(np.linspace(1, 0, height)[:, None].repeat(bar, 1))), (x0, top))
+    sheet.paste(Image.fromarray(colorize(np.linspace(1, 0, height)[:, None].repeat(bar, 1), 0.0, 1.0)), (x0, top))
     draw.text((x0 + bar + 3, top - 2), "max", fill=(255, 255, 255), font=_font(12))
     draw.text((x0 + bar + 3, top + height - 12), "min", fill=(255, 255, 255), font=_font(12))
     y = sheet.height - legend + 3

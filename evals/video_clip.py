@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from data.loader import epoch_loader
+from metrics.visualize import colorize
 from models.clip_align_losses import token_saliency
 
 
@@ -106,19 +107,10 @@ def bootstrap_classification(pred, num_samples, prefix=""):
 # ----------------------------------------------------------------------------------------------------------
 # PNG strips: frames, attention map, learned gate (or token saliency), one column per frame
 
-def _heat(values):
-    """values (h, w) in [0, 1] -> (h, w, 3) uint8, a blue-cyan-yellow-red ramp."""
-    stops = np.array([[0, 0, 96], [0, 160, 255], [255, 230, 0], [220, 0, 0]], np.float32)
-    x = np.clip(values, 0, 1) * (len(stops) - 1)
-    lo = np.floor(x).astype(int).clip(0, len(stops) - 2)
-    frac = (x - lo)[..., None]
-    return (stops[lo] * (1 - frac) + stops[lo + 1] * frac).astype(np.uint8)
-
-
 def _overlay(grey, heat, alpha=0.55):
     """grey (h, w) in [0, 1], heat (h, w) in [0, 1] -> (h, w, 3) uint8"""
     base = np.repeat((grey * 255)[..., None], 3, -1)
-    return (base * (1 - alpha) + _heat(heat).astype(np.float32) * alpha).astype(np.uint8)
+    return (base * (1 - alpha) + colorize(heat, 0.0, 1.0).astype(np.float32) * alpha).astype(np.uint8)
 
 
 def _upsample(x, size):
@@ -169,7 +161,7 @@ def save_strips(model, dataset, n, out_dir, device, ctx, class_names, zoom=4):
                        else _overlay(grey, (heat[t] - lo) / max(hi - lo, 1e-8)))
                 canvas.paste(Image.fromarray(img).resize((tile, tile), Image.NEAREST), (label_w + t * (tile + pad), y))
             if heat is not None:                                                    # colour bar with its range
-                bar = _heat(np.linspace(1, 0, tile)[:, None].repeat(bar_w, 1))
+                bar = colorize(np.linspace(1, 0, tile)[:, None].repeat(bar_w, 1), 0.0, 1.0)
                 x = label_w + T * (tile + pad)
                 canvas.paste(Image.fromarray(bar), (x, y))
                 draw.text((x + bar_w + 3, y), f"{hi:.2f}", fill="black")
