@@ -280,7 +280,7 @@ def run_table(args):
                              [[v, VARIANT_SWITCHES.get(v, ""), len(results[v]), *tables.mean_std_cells(results[v], keys, "—")]
                               for v in args.variants])
     tables.write_table(args.table, lines)
-    return {v: {key: value for (key, _), value in zip(TABLE_COLUMNS, tables.column_means(results[v], keys).values())}
+    return {v: tables.column_means(results[v], [key for key, _ in TABLE_COLUMNS], "test/")
             for v in args.variants}
 
 

@@ -255,7 +255,7 @@ def run_table(args):
                              [[row_id, method, " ".join("`" + s + "`" for s in switches),
                                *tables.mean_std_cells(results[row_id], keys)] for row_id, method, switches in ROWS])
     tables.write_table(args.table, lines)
-    return {row_id: {key: value for (key, _), value in zip(COLUMNS, tables.column_means(results[row_id], keys).values())}
+    return {row_id: tables.column_means(results[row_id], [key for key, _ in COLUMNS], "test/")
             for row_id in switches_of}
 
 

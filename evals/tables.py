@@ -50,11 +50,11 @@ def mean_std_cells(runs, keys, missing="n/a"):
     return [mean_std(values_of(runs, key), missing=missing) for key in keys]
 
 
-def column_means(runs, keys):
-    """[metrics dict per seed] -> {key: mean over the seeds that have it (NaN when none)}."""
+def column_means(runs, keys, prefix=""):
+    """[metrics dict per seed] -> {key: mean of prefix + key over the seeds that have it (NaN when none)}."""
     means = {}
     for key in keys:
-        values = [v for v in values_of(runs, key) if not math.isnan(v)]
+        values = [v for v in values_of(runs, prefix + key) if not math.isnan(v)]
         means[key] = float(np.mean(values)) if values else math.nan
     return means
 
