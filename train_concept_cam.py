@@ -269,6 +269,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     print(f"pos_weight ({label_key}, cap {cfg.loss.pos_weight_cap}): {[round(v, 1) for v in pos_weight.tolist()]}")
 
     # loop
+    eval_interval = cfg.train.eval_interval or steps_per_epoch  # validation every N steps (0 = each epoch end)
     stop_at = cfg.train.stop_after_steps or total_steps
     progress = tqdm(total=total_steps, initial=step, desc=f"stage {stage}", dynamic_ncols=True, disable=None)
     while step < min(total_steps, stop_at):
@@ -318,16 +319,18 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
             if step % cfg.train.log_interval == 0 or step == 1:
                 logger.log(stage=stage, step=step, loss=loss.item(), **{k: float(v.detach()) for k, v in terms.items()},
                            lr=lr, grad_norm=float(grad_norm), s_per_step=time.time() - t0, data_s=t0 - ready)
+            if step % eval_interval == 0 or step == total_steps:
+                metric = validation_metric(predict(model, val_loader, stage, task_head, device, ctx), stage)
+                logger.log(stage=stage, step=step, epoch=round(step / steps_per_epoch, 3),
+                           **{f"val/{STAGE_METRIC[stage]}": metric})
+                if metric > best_metric:
+                    best_metric = metric
+                    save("best.pt", step // steps_per_epoch)
+                save("last.pt", step // steps_per_epoch)
             ready = time.time()
-        epoch_done = step % steps_per_epoch == 0
-        if epoch_done or step >= total_steps:  # validation at each epoch end
-            metric = validation_metric(predict(model, val_loader, stage, task_head, device, ctx), stage)
-            logger.log(stage=stage, step=step, epoch=epoch + 1, **{f"val/{STAGE_METRIC[stage]}": metric})
-            if metric > best_metric:
-                best_metric = metric
-                save("best.pt", epoch + 1)
-        save("last.pt", epoch + (1 if epoch_done else 0))
     progress.close()
+    if step % eval_interval and step != total_steps:  # stopped between validations (train.stop_after_steps)
+        save("last.pt", step // steps_per_epoch)
 
     # final test evaluation of the best checkpoint
     best = out_dir / "best.pt"

@@ -106,6 +106,17 @@ def test_resume_mid_stage_reproduces_the_uninterrupted_run(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_eval_interval_validates_every_n_steps(tmp_path):
+    """train.eval_interval=N validates every N optimizer steps and at the end (0 = each epoch end)."""
+    cfg = training.load_config(training.default_config_path("concept_cam"),
+                               TINY + ["stage1.epochs=2", "train.eval_interval=1", "train.stop_after_steps=3"])
+    script.run_stage(cfg, 1, tmp_path, final_eval=False)
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "val/concept/auroc/macro" in r] == [1, 2, 3]
+    assert [r["epoch"] for r in lines if "val/concept/auroc/macro" in r] == [0.5, 1.0, 1.5]
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 3
+
+
 def test_later_stage_needs_the_previous_checkpoint(tmp_path):
     cfg = training.load_config(training.default_config_path("concept_cam"), TINY)
     with pytest.raises(training.ConfigError, match="stage 2 starts from the stage 1 checkpoint"):
