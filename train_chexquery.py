@@ -22,7 +22,7 @@ Commands (run from the repository root):
 
 Loss (seed 001 §7): loss = lambda_gen * generation + lambda_aux * auxiliary (models/chexquery.py), with
 label smoothing from phase 2. Optimizer steps use gradient accumulation: `batch_size` micro-batches,
-`effective_batch_size / batch_size` of them per step. A run writes config.yaml, log.jsonl, last.pt,
+`effective_batch_size / batch_size` of them per step; micro-batches left over at an epoch's end are dropped. A run writes config.yaml, log.jsonl, last.pt,
 best.pt (lowest validation generation loss) and metrics.json (test split of best.pt).
 """
 # ----------------------------------------------------------------------------------------------------------
@@ -377,8 +377,8 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
                     best_metric = metrics["val/generation"]
                     save("best.pt")
                 save("last.pt")
-            if step >= stop_at:
-                break
+            if step >= stop_at or step % steps_per_epoch == 0:
+                break   # an epoch ends at its last full optimizer step: leftover micro-batches are not run
             ready = time.time()
     progress.close()
     if step % eval_interval and step != total_steps:

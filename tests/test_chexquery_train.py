@@ -93,6 +93,48 @@ def test_same_phase_resume_is_exact(tmp_path):
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
 
 
+LEFTOVER = ["data.num_train=40", "phases.phase1.batch_size=8", "phases.phase1.effective_batch_size=16"]
+# 5 micro-batches per epoch, 2 per optimizer step: 2 steps per epoch and one micro-batch left over
+
+
+def test_accumulation_steps_use_exactly_their_own_micro_batches(tmp_path, monkeypatch):
+    """An epoch whose micro-batch count is not a multiple of the accumulation count: each optimizer step's
+    gradient is the mean over exactly its own 2 micro-batches (the leftover one never runs backward)."""
+    calls, per_step = [0], []
+
+    def counted_losses(*args, **kwargs):
+        calls[0] += torch.is_grad_enabled()     # training micro-batches (validation runs without grad)
+        return chexquery_losses(*args, **kwargs)
+
+    def counting_optimizer(*args, **kwargs):
+        optimizer = build(*args, **kwargs)
+        step = optimizer.step
+
+        def counted_step(*a, **k):
+            per_step.append(calls[0])
+            calls[0] = 0
+            return step(*a, **k)
+        optimizer.step = counted_step
+        return optimizer
+    build = training.build_optimizer
+    monkeypatch.setattr(T, "chexquery_losses", counted_losses)
+    monkeypatch.setattr(training, "build_optimizer", counting_optimizer)
+    T.main(["--phase", "1", "--out", str(tmp_path)] + SMALL + LEFTOVER)
+    assert per_step == [2, 2, 2, 2]       # 2 epochs x 2 steps
+
+
+def test_same_phase_resume_at_an_epoch_end_is_exact_with_leftover_micro_batches(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    T.main(["--phase", "1", "--out", str(full)] + SMALL + LEFTOVER)
+    T.main(["--phase", "1", "--out", str(part), "train.stop_after_steps=2"] + SMALL + LEFTOVER)
+    T.main(["--phase", "1", "--out", str(part), "--resume", str(part / "last.pt")] + SMALL + LEFTOVER)
+    a = torch.load(full / "last.pt", map_location="cpu", weights_only=False)
+    b = torch.load(part / "last.pt", map_location="cpu", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
+
+
 def test_prompt_template_without_placeholder_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"data.prompt_template must contain the placeholder \{report\}"):
         T.main(["--phase", "1", "--out", str(tmp_path), "data.prompt_template=Write a chest X-ray report"])
