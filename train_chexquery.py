@@ -145,14 +145,15 @@ def build_dataset(cfg, split, transform_train=None):
         if not d.root:
             raise training.ConfigError("data.source=iu_xray needs data.root (the folder with indiana_reports.csv)")
         dataset = IUXrayDataset(d.root, split, transform, frontal_only=True, labels_csv=d.labels_csv,
-                                on_error=d.on_error, check_images=d.check_images)
+                                split_file=d.split_file or None, on_error=d.on_error, check_images=d.check_images)
     elif d.source == "iu_xray_r2gen":
         from data.iu_xray import IUXrayR2GenDataset
         if not d.annotation or not d.root:
             raise training.ConfigError("data.source=iu_xray_r2gen needs data.annotation (annotation.json) and "
                                        "data.root (its image root)")
         dataset = IUXrayR2GenDataset(d.annotation, d.root, split, transform, official_split=d.r2gen_official_split,
-                                     labels_csv=d.labels_csv, on_error=d.on_error, check_images=d.check_images)
+                                     labels_csv=d.labels_csv, split_file=d.split_file or None, on_error=d.on_error,
+                                     check_images=d.check_images)
     else:
         raise training.ConfigError(f"data.source must be phantom, iu_xray or iu_xray_r2gen, got {d.source!r}")
     kept = [r for r in dataset.records if has_report_text(r["report"])]

@@ -93,7 +93,7 @@ def build_dataset(cfg, split, train=False):
     if d.dataset == "vindr":
         from data.vindr import VinDrDataset
         return VinDrDataset(d.root, split, transform, aggregation=d.aggregation, image_format=d.image_format,
-                            val_fraction=d.val_fraction)
+                            val_fraction=d.val_fraction, split_file=d.split_file or None)
     raise training.ConfigError(f"data.dataset must be 'phantom' or 'vindr', got {d.dataset!r}")
 
 

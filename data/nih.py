@@ -150,6 +150,8 @@ class NihDataset(RecordDataset):
         if train_val_patients & test_patients:
             raise DataError(f"{DATASET}: patients {sorted(train_val_patients & test_patients)[:3]} are in both "
                             f"train_val_list.txt and test_list.txt; the official split is patient-wise")
+        if split == "test":   # the official test list alone: no train / val split is made or written
+            return {image: "test" if image in test_images else "train_val" for image in patient_of}
         by_patient = load_or_make_split(split_file, train_val_patients, (1 - val_fraction, val_fraction, 0.0),
                                         split_seed, DATASET)
         split_of = {}

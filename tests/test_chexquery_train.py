@@ -158,6 +158,16 @@ def _edit_reports(root, changes):
         csv.writer(f).writerows(rows)
 
 
+def test_split_file_goes_where_data_split_file_says(tmp_path):
+    """data.split_file: the IU patient split is written there (a read-only data.root stays untouched)."""
+    root = _iu_copy(tmp_path)
+    target = tmp_path / "elsewhere" / "iu_split.json"
+    cfg = config("data.source=iu_xray", f"data.root={root}", f"data.split_file={target}")
+    sizes = [len(T.build_dataset(cfg, split)) for split in ("train", "val", "test")]
+    assert sum(sizes) == 13 and target.is_file() and not (root / "splits").exists()
+    assert set(json.loads(target.read_text())["patients"].values()) == {"train", "val", "test"}
+
+
 def test_bad_reports_and_missing_image(tmp_path, capsys):
     root = _iu_copy(tmp_path)
     _edit_reports(root, {"2": ("", ""), "3": ("XXXX XXXX.", "The XXXX is XXXX.")})

@@ -134,6 +134,24 @@ def test_evaluate_checkpoint_on_user_images(run, tmp_path):
     assert set(predictions["a.png"]) == {"concepts", "diseases"} and (tmp_path / "a_cams.png").is_file()
 
 
+def test_split_files_go_where_data_split_file_says(tmp_path):
+    """VinDr's val cut is written to data.split_file; NIH transfer reads the official test list and writes
+    no split file (both dataset folders may be read-only)."""
+    from data.nih import write_nih
+    from data.phantom import ChestPhantomDataset
+    from data.vindr import write_vindr
+    phantoms = ChestPhantomDataset(8, image_size=64, seed=5)
+    write_vindr(tmp_path / "vindr", [phantoms[i] for i in range(8)], split="train")
+    write_nih(tmp_path / "nih", [phantoms[i] for i in range(8)])
+    target = tmp_path / "out" / "vindr_split.json"
+    cfg = training.load_config(training.default_config_path("concept_cam"), TINY + [
+        "data.dataset=vindr", f"data.root={tmp_path / 'vindr'}", "data.val_fraction=0.25", "data.cache=false",
+        f"data.split_file={target}", f"data.nih_root={tmp_path / 'nih'}"])
+    assert len(script.build_dataset(cfg, "train")) == 6 and len(script.build_dataset(cfg, "val")) == 2
+    assert target.is_file() and not (tmp_path / "vindr" / "splits").exists()
+    assert len(script.build_nih_dataset(cfg)) > 0 and not (tmp_path / "nih" / "splits").exists()
+
+
 def test_paper_config_names_medmae_and_fails_clearly_without_it():
     cfg = training.load_config(training.REPO_ROOT / "configs" / "concept_cam.yaml")
     assert cfg.system == "concept_cam" and cfg.model.image_size == 224 and cfg.model.embed_dim == 768
