@@ -2,6 +2,7 @@
 
     python evaluate.py --checkpoint runs/wsrpn_vl/<run>/best.pt --split test --bootstrap 250 --visualize 8
     python evaluate.py runs/chexquery/<run>/best.pt --images my_xrays/ --device cpu     # positional works too
+    python evaluate.py runs/chexquery/<run>/best.pt --num-beams 1 --max-length 120 eval.max_samples=200
 
 What it does: loads the checkpoint (training.load_checkpoint, no RNG restore), reads
 checkpoint["config"]["system"] (wsrpn_vl | chexquery | concept_cam | video_clip | patch_ib), imports
@@ -13,6 +14,10 @@ the checkpoint:
   evaluate.py on best.pt reproduces it), metrics_<split>.json for another split, metrics_images.json with
   --images; --output PATH overrides.
 - PNGs and per-image outputs (--visualize, --images) go to RUN/vis/ (created; --out-dir overrides).
+Settings for this evaluation only: `key=value` items (as the train scripts take them) override the
+checkpoint's config, except model.* (the weights fix the model); --num-beams, --max-length (generation.*),
+--batch-size and --max-samples (eval.*) are short names for the common ones. With overrides the default
+output is metrics_<split>_<settings>.json, so the run's own metrics.json is left as training wrote it.
 Errors are one line each: missing file, checkpoint without config / system, unknown system, a system
 without evaluate_checkpoint, or a non-numeric metric value.
 """
@@ -28,6 +33,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+SHORT_OVERRIDES = {"--num-beams": "generation.num_beams", "--max-length": "generation.max_length",
+                   "--batch-size": "eval.batch_size", "--max-samples": "eval.max_samples"}
+
+
 class EvaluationError(RuntimeError):
     """One clear, user-facing problem with the checkpoint or the system's evaluation."""
 
@@ -39,7 +48,9 @@ def known_systems():
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint_path", nargs="?", help="checkpoint (.pt); same as --checkpoint")
+    parser.add_argument("items", nargs="*", metavar="CHECKPOINT|key=value",
+                        help="checkpoint (.pt; same as --checkpoint) and config overrides for this evaluation, "
+                             "e.g. generation.num_beams=1 eval.max_samples=100")
     parser.add_argument("--checkpoint", help="checkpoint (.pt) written by a train_<system>.py")
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples over images (0 = off)")
@@ -49,7 +60,20 @@ def parse_args(argv=None):
     parser.add_argument("--out-dir", dest="out_dir", default=None, help="folder for PNGs (default RUN/vis)")
     parser.add_argument("--output", default=None, help="metrics JSON path (default beside the checkpoint)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    for flag, key in SHORT_OVERRIDES.items():
+        parser.add_argument(flag, type=int, default=None, metavar="N", help=f"sets {key}")
+    args = parser.parse_intermixed_args(argv)
+    paths = [x for x in args.items if "=" not in x or Path(x).is_file()]
+    args.overrides = [x for x in args.items if x not in paths]
+    args.overrides += [f"{key}={getattr(args, flag[2:].replace('-', '_'))}" for flag, key in SHORT_OVERRIDES.items()
+                       if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if len(paths) > 1:
+        parser.error(f"more than one checkpoint given: {', '.join(paths)} (overrides are key=value)")
+    fixed = [x for x in args.overrides if x.startswith(("model.", "system="))]
+    if fixed:
+        parser.error(f"{fixed[0]}: the model comes from the checkpoint's weights; only data.*, eval.*, "
+                     "generation.* and train.* settings can change for an evaluation")
+    args.checkpoint_path = paths[0] if paths else None
     if args.checkpoint and args.checkpoint_path and args.checkpoint != args.checkpoint_path:
         parser.error(f"two different checkpoints given: {args.checkpoint_path} and --checkpoint {args.checkpoint}")
     args.checkpoint = args.checkpoint or args.checkpoint_path
@@ -116,30 +140,34 @@ def format_table(metrics, title):
 def output_path(args, checkpoint_path):
     if args.output:
         return Path(args.output)
-    name = "metrics_images.json" if args.images else ("metrics.json" if args.split == "test"
+    name = "metrics_images.json" if args.images else ("metrics.json" if args.split == "test" and not args.overrides
                                                       else f"metrics_{args.split}.json")
+    if args.overrides and not args.images:
+        settings = "_".join(item.split("=", 1)[0].split(".")[-1] + item.split("=", 1)[1] for item in args.overrides)
+        name = f"metrics_{args.split}_{''.join(c if c.isalnum() or c in '._-' else '-' for c in settings)}.json"
     return Path(checkpoint_path).parent / name
 
 
 def main(argv=None):
     args = parse_args(argv)
+    import training
     try:
-        import training
         checkpoint, system = load(args.checkpoint)
         module = system_module(system)
         out_dir = Path(args.out_dir) if args.out_dir else Path(args.checkpoint).parent / "vis"
         out_dir.mkdir(parents=True, exist_ok=True)
         call_args = argparse.Namespace(checkpoint=str(args.checkpoint), split=args.split, bootstrap=args.bootstrap,
                                        visualize=args.visualize, images=args.images, out_dir=str(out_dir),
-                                       device=args.device)
+                                       device=args.device, overrides=list(args.overrides))
         if args.images and not Path(args.images).exists():
             raise EvaluationError(f"--images {args.images}: no such file or folder")
         training.seed_everything(args.seed)
         metrics = check_metrics(module.evaluate_checkpoint(checkpoint, call_args), system)
-    except EvaluationError as error:
+    except (EvaluationError, training.ConfigError) as error:
         sys.exit(f"evaluate.py: {error}")
     target = output_path(args, args.checkpoint)
     what = f"--images {args.images}" if args.images else f"split {args.split}"
+    what += "".join(f", {item}" for item in args.overrides)
     print(format_table(metrics, f"{system}: {args.checkpoint} ({what}, bootstrap {args.bootstrap})"))
     training.atomic_write_bytes(target, json.dumps(metrics, indent=1).encode())
     print(f"wrote {target}" + (f"; figures in {out_dir}" if args.visualize or args.images else ""))

@@ -159,7 +159,7 @@ def loss_terms(model, out, labels, captions, weights, cfg, text_encoder, contras
 def evaluate_checkpoint(checkpoint, args, text_encoder=None):
     """The evaluate.py contract: checkpoint dict + args (split, bootstrap, visualize, images, out_dir, device)
     -> flat dict of floats. With args.images: boxes on user images (predictions.json + PNGs), returns counts."""
-    cfg = training.Config.wrap(checkpoint["config"])
+    cfg = training.apply_overrides(training.Config.wrap(checkpoint["config"]), list(getattr(args, "overrides", ())))
     device = torch.device(args.device if args.device not in (None, "auto") else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     _, ctx, _, _ = training.setup_device(device.type, cfg.train.dtype if device.type == "cuda" else "float32")

@@ -467,10 +467,11 @@ def tqdm_write(text):
 
 
 def model_from_checkpoint(checkpoint, args, build_model, dtype=None, overrides=()):
-    """What every script's evaluate_checkpoint starts with: the checkpoint's config (+ overrides), torch threads
+    """What every script's evaluate_checkpoint starts with: the checkpoint's config (+ overrides, then
+    args.overrides: evaluate.py's key=value settings for this evaluation only), torch threads
     (train.num_threads), device and autocast from args.device (dtype: the config's unless given), and the model
     made by build_model(cfg) holding the checkpoint's weights, in eval mode. -> (cfg, model, device, ctx)."""
-    cfg = apply_overrides(Config.wrap(checkpoint["config"]), list(overrides))
+    cfg = apply_overrides(Config.wrap(checkpoint["config"]), list(overrides) + list(getattr(args, "overrides", ())))
     if cfg.train.get("num_threads"):
         torch.set_num_threads(cfg.train.num_threads)
     device, ctx, _, _ = setup_device(getattr(args, "device", None) or "auto", dtype or cfg.train.dtype)

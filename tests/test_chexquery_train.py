@@ -233,6 +233,29 @@ def test_images_writes_a_report_per_image(tmp_path):
         T.evaluate_checkpoint(checkpoint, args)
 
 
+def test_evaluate_py_overrides_generation_for_one_evaluation(tmp_path, capsys):
+    """evaluate.py --num-beams / --max-length / --max-samples (and key=value) change generation for that
+    evaluation only: reports obey the new maximum, the output is named after the settings, the checkpoint's
+    own metrics.json is not written."""
+    import evaluate
+    T.main(["--phase", "1", "--out", str(tmp_path / "run"), "train.stop_after_steps=1"] + SMALL)
+    checkpoint = tmp_path / "run" / "last.pt"
+    metrics = evaluate.main([str(checkpoint), "--num-beams", "1", "--max-length", "6", "--max-samples", "4",
+                             "generation.min_length=1", "eval.meteor=false", "--device", "cpu"])
+    reports = [json.loads(line)["generated"] for line in (tmp_path / "run" / "vis" / "reports_test.jsonl").open()]
+    assert len(reports) == 4 and all(len(r.split()) <= 6 for r in reports)
+    assert metrics["pairs_scored"] + metrics["pairs_skipped"] == 4
+    written = tmp_path / "run" / "metrics_test_min_length1_meteorfalse_num_beams1_max_length6_max_samples4.json"
+    assert written.is_file() and not (tmp_path / "run" / "metrics.json").exists()
+    evaluate.main([str(checkpoint), "--max-samples", "4", "--num-beams", "1", "--max-length", "12",
+                   "eval.meteor=false", "--device", "cpu"])
+    longer = [json.loads(line)["generated"] for line in (tmp_path / "run" / "vis" / "reports_test.jsonl").open()]
+    assert max(len(r.split()) for r in longer) > 6 and all(len(r.split()) <= 12 for r in longer)
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main([str(checkpoint), "model.heads=2"])
+    assert stop.value.code == 2 and "model.heads=2: the model comes from the checkpoint" in capsys.readouterr().err
+
+
 def test_evaluate_checkpoint_with_metrics(tmp_path):
     """Needs metrics/ (metrics helper). Keys of the contract, template baselines, aux AUROC, attention PNGs."""
     pytest.importorskip("metrics.text")
