@@ -19,6 +19,9 @@ Three jobs, each a pure function of strings:
   (":" to "["), so ; < = > ? @ vanish but "-" and digits stay (2.5 -> 25); empty sentences are kept
   (R2Gen's emptiness test compares a str with [] and is always true); join with " . " and append " .".
   The returned string is R2Gen's string exactly (double spaces included); tokens are its .split().
+  `dataset="mimic_cxr"` is R2Gen's MIMIC cleaning: first newlines -> spaces, "__" -> "_" (seven passes),
+  "  " -> " " (six passes), ".." -> "." (eight passes), then the same numbering and sentence rules.
+  (R2Gen's vocabulary, <unk> and truncation live in metrics/text.R2GenVocabulary.)
 - `mimic_sections(text)` cuts a MIMIC-CXR free-text report at its uppercase "HEADER:" lines.
   findings = the FINDINGS section, impression = IMPRESSION (or CONCLUSION / SUMMARY); several
   occurrences of one header are joined in order. Fallback when neither FINDINGS nor IMPRESSION exists:
@@ -99,7 +102,7 @@ def split_sections(report):
     return match.group(1).strip(), match.group(2).strip()
 
 
-# --- R2Gen / R2GenCMN IU X-ray normalization (§3.1) -------------------------------------------------
+# --- R2Gen / R2GenCMN normalization, IU X-ray and MIMIC-CXR (§3.1) ----------------------------------
 # The class is written exactly as R2Gen writes it; ":-\[" is a character range from ":" to "[".
 _R2GEN_DELETE = re.compile(r"[.,?;*!%^&_+():-\[\]{}]")
 
@@ -110,10 +113,18 @@ def _r2gen_sentence(sentence):
     return _R2GEN_DELETE.sub("", sentence.strip().lower())
 
 
-def r2gen_normalize(text):
-    """Raw IU report text -> R2Gen's cleaned string, e.g. "Heart normal. No effusion." ->
+def r2gen_normalize(text, dataset="iu_xray"):
+    """Raw report text -> R2Gen's cleaned string (modules/tokenizers.py clean_report_iu_xray, or
+    clean_report_mimic_cxr for dataset="mimic_cxr"), e.g. "Heart normal. No effusion." ->
     "heart normal . no effusion ." (see the module docstring for every quirk)."""
-    for _ in range(3):
+    if dataset == "mimic_cxr":
+        text = text.replace("\n", " ")
+        for old, new, passes in (("__", "_", 7), ("  ", " ", 6), ("..", ".", 5)):
+            for _ in range(passes):
+                text = text.replace(old, new)
+    elif dataset != "iu_xray":
+        raise ValueError(f"r2gen_normalize: dataset {dataset!r}, expected 'iu_xray' or 'mimic_cxr'")
+    for _ in range(3):                                       # MIMIC: 5 + these 3 = R2Gen's eight passes
         text = text.replace("..", ".")
     text = text.replace("1. ", "")
     for number in "2345":

@@ -6,13 +6,28 @@
   nltk.translate.meteor_score (mean over items, whitespace tokens) when nltk's WordNet data is installed;
   a different implementation with different numbers, hence its own key. Each one that cannot run is
   reported as "<key>: unavailable (<reason>)" in notes, never replaced.
-- bertscore: greedy-matching BERTScore (Zhang et al. 2020) with a transformers model given by path or
-  name (loaded through hub.pretrained.load_hf, so offline names resolve the project's way): token
-  embeddings of `layer` (default: the last hidden layer), special tokens dropped, cosine similarity,
-  precision = mean over hypothesis tokens of the best reference match, recall the reverse, F1; no IDF
-  weighting and no baseline rescaling (the bert-score package's defaults differ: state the model and
-  layer beside the number). Keys "bertscore/precision", "bertscore/recall", "bertscore/f1".
+- bertscore: the bert-score package (Zhang et al. 2020; `bert_score.score`, the field's reference
+  implementation), so the numbers ARE the package's: lang="en", idf=False, greedy cosine matching of the
+  hidden states of layer `num_layers`, P / R / F per item, several references -> the package's max over
+  them (P, R and F each maximised on its own), then the mean over items. Keys "bertscore/precision",
+  "bertscore/recall", "bertscore/f1", plus "bertscore/num_layers" (the layer used) and
+  "bertscore/rescaled" (1.0 / 0.0).
+  Model: a hub id is taken from the local Hugging Face cache only (never downloaded: no network call,
+  whatever HF_HUB_OFFLINE says; put it there with `hf download <id>` on a machine with internet), a local
+  directory as it is, a tiny-hub name through hub.pretrained.resolve_pretrained. The package gets the
+  local folder; the id only picks the defaults.
+  Layer: num_layers=None is the package's tuned layer for ids it knows (bert_score.utils.model2layers:
+  microsoft/deberta-xlarge-mnli -> 40 of its 48, roberta-large -> 17); for a local directory or a
+  tiny-hub model, which the package has no entry for, the model's last layer (config num_hidden_layers).
+  Rescaling: rescale_with_baseline=True uses the package's baseline file rescale_baseline/en/<id>.tsv
+  (row num_layers; one exists for microsoft/deberta-xlarge-mnli), so it needs a hub id; without a file
+  BERTScore is reported unavailable rather than returned unrescaled. The seed (001 §8.2) names
+  microsoft/deberta-xlarge-mnli and no rescaling: default rescale off, state both beside the number.
+  A model that cannot be loaded gives the note "bertscore: unavailable (<model> not loadable, looked in
+  <where>: <reason>)" and no keys, never 0. Gotcha of the package kept as is: a model path containing
+  "t5" is loaded as a T5 encoder.
 """
+import os
 import shutil
 
 
@@ -49,42 +64,65 @@ def meteor_scores(hypotheses, references, notes):
     return out
 
 
-def bertscore(hypotheses, references, model_name, notes, layer=None, batch_size=32, device="cpu"):
-    """-> {"bertscore/precision", "bertscore/recall", "bertscore/f1"} or {} with a note when not loadable."""
-    import torch
+def _bertscore_model(model_name):
+    """-> (local folder, hub id or None), without any network call (module docstring)."""
+    from hub.pretrained import resolve_pretrained
+    path = os.path.expanduser(resolve_pretrained(model_name))          # tiny-hub/... -> its built folder
+    if os.path.isdir(path):
+        return path, None
+    from huggingface_hub import constants, try_to_load_from_cache
     try:
-        from transformers import AutoModel, AutoTokenizer
-        from hub.pretrained import load_hf
-        tokenizer = load_hf(AutoTokenizer, model_name)
-        model = load_hf(AutoModel, model_name).to(device).eval()
-    except Exception as error:                                  # missing weights, no network, bad name
-        notes.append(f"bertscore: unavailable ({model_name!r} not loadable: {type(error).__name__}: {error})")
-        return {}
+        config = try_to_load_from_cache(path, "config.json", cache_dir=constants.HF_HUB_CACHE)
+    except ValueError as error:                            # HFValidationError: not a hub id (a missing path)
+        raise FileNotFoundError(f"no such directory, and not a hub id ({error})") from None
+    if not isinstance(config, str):
+        raise FileNotFoundError(f"not in the local cache; bertscore never downloads: `hf download {path}` "
+                                f"on a machine with internet")
+    return os.path.dirname(config), path
 
-    @torch.no_grad()
-    def embed(texts):
-        out = []
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, return_tensors="pt",
-                              return_special_tokens_mask=True)
-            special = batch.pop("special_tokens_mask").bool()
-            hidden = model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=True).hidden_states
-            states = torch.nn.functional.normalize(hidden[-1 if layer is None else layer].float(), dim=-1).cpu()
-            keep = batch["attention_mask"].bool() & ~special                      # (B, L)
-            out += [s[k] for s, k in zip(states, keep)]                            # list of (L_i, D)
-        return out
-    hyp_states = embed(list(hypotheses))
-    first_refs = [refs[0] for refs in references]                              # one reference per item
-    ref_states = embed(first_refs)
-    precision, recall = [], []
-    for h, r in zip(hyp_states, ref_states):
-        if len(h) == 0 or len(r) == 0:
-            precision.append(0.0), recall.append(0.0)
-            continue
-        similarity = h @ r.T                                                   # (L_h, L_r) cosine
-        precision.append(float(similarity.max(1).values.mean()))
-        recall.append(float(similarity.max(0).values.mean()))
-    f1 = [2 * p * r / (p + r) if p + r > 0 else 0.0 for p, r in zip(precision, recall)]
-    count = len(f1)
-    return {"bertscore/precision": sum(precision) / count, "bertscore/recall": sum(recall) / count,
-            "bertscore/f1": sum(f1) / count}
+
+def _looked_in(model_name):
+    from hub import tiny_hub
+    from hub.pretrained import hf_cache_description
+    if tiny_hub.is_hub_name(model_name):
+        return "the tiny hub (hub.pretrained.resolve_pretrained)"
+    path = os.path.expanduser(model_name)
+    if os.path.isdir(path) or path.startswith(("/", ".", "~")):
+        return f"the local directory {path}"
+    return hf_cache_description()
+
+
+def bertscore(hypotheses, references, model_name, notes, num_layers=None, rescale_with_baseline=False,
+              batch_size=64, device=None):
+    """hypotheses: list of str; references: list of list of str -> {"bertscore/precision", "bertscore/recall",
+    "bertscore/f1", "bertscore/num_layers", "bertscore/rescaled"} from bert_score.score, or {} and a note.
+    device None: the package's choice (cuda if available)."""
+    try:
+        import bert_score
+        from bert_score.utils import model2layers
+        folder, hub_id = _bertscore_model(model_name)
+        if num_layers is None:
+            if hub_id in model2layers:
+                num_layers = model2layers[hub_id]
+            else:
+                from transformers import AutoConfig
+                num_layers = AutoConfig.from_pretrained(folder).num_hidden_layers
+        baseline = None
+        if rescale_with_baseline:
+            baseline = os.path.join(os.path.dirname(bert_score.__file__), "rescale_baseline", "en", f"{hub_id}.tsv")
+            if hub_id is None or not os.path.isfile(baseline):
+                notes.append(f"bertscore: unavailable ({model_name!r}: rescale_with_baseline needs the bert-score "
+                             f"package's baseline file, looked for {baseline if hub_id else 'a hub id'}: none)")
+                return {}
+        precision, recall, f1 = bert_score.score(
+            list(hypotheses), [list(refs) for refs in references], model_type=folder, num_layers=num_layers,
+            lang="en", idf=False, batch_size=batch_size, device=device,
+            rescale_with_baseline=rescale_with_baseline, baseline_path=baseline)
+    except Exception as error:  # noqa: BLE001 -- any load failure (files, cache, name, layer) is a note, not a crash
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        notes.append(f"bertscore: unavailable ({model_name!r} not loadable, looked in {_looked_in(model_name)}: "
+                     f"{type(error).__name__}: {reason})")
+        return {}
+    return {"bertscore/precision": float(precision.mean()), "bertscore/recall": float(recall.mean()),
+            "bertscore/f1": float(f1.mean()), "bertscore/num_layers": float(num_layers),
+            "bertscore/rescaled": 1.0 if rescale_with_baseline else 0.0}
