@@ -239,10 +239,11 @@ def validation_loss(model, dataset, cfg, tokenizer, device, ctx, phase):
     return {f"val/{k}": v / max(count, 1) for k, v in sums.items()}
 
 
-def train_reports_of(cfg):
+def train_reports_of(cfg, raw=False):
+    """The training split's reports (template baselines); raw=True: the R2Gen file's own strings (its protocol)."""
     dataset = build_dataset(cfg, "train", transform_train=False)
     if hasattr(dataset, "records"):
-        return [r["report"] for r in dataset.records]
+        return [r["raw_report" if raw else "report"] for r in dataset.records]
     from data.phantom import make_chest_phantom
     return [make_chest_phantom(dataset.seed, dataset.start_index + i, 64)["report"] for i in range(len(dataset))]
 
@@ -258,7 +259,8 @@ def evaluate_checkpoint(checkpoint, args):
     return evals.chexquery.evaluate(model, build_dataset(cfg, args.split), cfg, device, ctx, "",
                                     getattr(args, "visualize", 0), out_dir, getattr(args, "bootstrap", 0),
                                     tokenizer=tokenizer, targets_of=aux_targets, train_reports=train_reports_of(cfg),
-                                    split=args.split)
+                                    split=args.split, r2gen_train_reports=train_reports_of(cfg, raw=True)
+                                    if cfg.data.source == "iu_xray_r2gen" else None)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -128,7 +128,8 @@ class IUXrayR2GenDataset(RecordDataset):
     """R2Gen annotation.json. image_index: 0 or 1 (one image per study) or "all" (one sample per image).
 
     official_split=True uses the file's own train/val/test keys; False makes a 70/15/15 split by id.
-    The R2Gen report is the Kaggle findings only, so report = clean_report(report, None).
+    The R2Gen report is the Kaggle findings only, so report = clean_report(report, None); the file's own
+    string stays in record["raw_report"] (R2Gen's scoring protocol starts from it, metrics/text.R2GenVocabulary).
     """
 
     label_names, box_classes = CHEXPERT_LABELS, []
@@ -183,7 +184,7 @@ class IUXrayR2GenDataset(RecordDataset):
             for relative in paths:
                 records.append({"image_path": image_root / relative, "where": where,
                                 "id": f"{study}/{Path(relative).stem}", "patient_id": study, "view": "UNKNOWN",
-                                "labels": labels, "report": report})
+                                "labels": labels, "report": report, "raw_report": entry["report"]})
         super().__init__(records, transform, policy, DATASET, check_images)
         print(self.summary() + f" (R2Gen {split}, {'official' if official_split else 'patient'} split)")
 

@@ -4,10 +4,16 @@
     metrics = predict_user_images(model, cfg, images, out_dir, device, ctx, tokenizer=)   # generated_reports.jsonl
     generate_reports(model, images, tokenizer, cfg, device, ctx) -> (B report strings, model outputs)
 
-Keys: bleu1..4, rougeL, meteor, cider (metrics/text.py), clinical/... (rule labeler on both sides,
-metrics/clinical.py), template_frequent/... and template_normal/... (constant-report baselines scored on the
-same references), aux/auroc/... (the auxiliary head against the dataset's labels). Decoding follows
-cfg.generation (seed 001 §4.6: beams, no-repeat n-gram, length penalty, min / max length).
+Keys (docs/metrics.md says how each is computed and which published convention it follows):
+- bleu1..4, rouge1, rouge2, rougeL, meteor, cider on seed 001 §8.4's normalization (metrics/text.py);
+  bertscore/precision|recall|f1 through the bert-score package with eval.bertscore_model (metrics/text_model.py);
+- r2gen/...: the same text metrics under R2Gen's protocol (its cleaning, <unk> for words seen fewer than
+  eval.r2gen_threshold times in the training reports, references cut to eval.r2gen_max_seq_length), only
+  when the data is the R2Gen split (data.source=iu_xray_r2gen), so they stand beside published IU numbers;
+- clinical_rule/... (the project's rule labeler on both sides, metrics/clinical.py); template_frequent/...
+  and template_normal/... (constant-report baselines on the same references); aux/auroc/... (the
+  auxiliary head against the dataset's labels).
+Decoding follows cfg.generation (seed 001 §4.6: beams, no-repeat n-gram, length penalty, min / max length).
 """
 import json
 from pathlib import Path
@@ -21,8 +27,28 @@ from data.loader import epoch_loader
 from data.sample import DataError
 from metrics.classification import classification_metrics
 from metrics.clinical import clinical_metrics
-from metrics.text import template_baselines, text_metrics
+from metrics.text import R2GenVocabulary, template_baselines, text_metrics
 from models.text_decoder import prompt_prefix
+
+
+def text_settings(cfg, device):
+    """cfg.eval -> text_metrics keyword arguments (METEOR, BERTScore model / layer / rescaling)."""
+    e = cfg.eval
+    return {"meteor": e.meteor, "bertscore_model": e.get("bertscore_model") or None,
+            "bertscore_layers": e.get("bertscore_layers"), "bertscore_rescale": bool(e.get("bertscore_rescale")),
+            "bertscore_device": str(device)}
+
+
+def r2gen_protocol(predictions, raw_references, raw_train_reports, cfg):
+    """R2Gen's scoring (cuhksz-nlp/R2Gen): r2gen/<metric> for the model and the two template baselines."""
+    vocabulary = R2GenVocabulary(raw_train_reports, threshold=cfg.eval.get("r2gen_threshold", 3))
+    cut = cfg.eval.get("r2gen_max_seq_length", 60)
+    scores = text_metrics(predictions, raw_references, "r2gen", meteor=cfg.eval.meteor, r2gen_vocabulary=vocabulary,
+                          max_seq_length=cut, rouge_score=False)
+    scores.update(template_baselines(raw_train_reports, raw_references, normalization="r2gen", clinical=False,
+                                     r2gen_vocabulary=vocabulary, max_seq_length=cut))
+    scores["vocabulary_size"] = float(len(vocabulary))
+    return {f"r2gen/{k}": v for k, v in scores.items()}
 
 
 def generation_settings(cfg):
@@ -83,27 +109,32 @@ def save_attention_pngs(model, dataset, count, cfg, tokenizer, device, ctx, out_
 
 
 def evaluate(model, dataset, cfg, device, ctx, prefix="", visualize=0, out_dir=None, bootstrap=0, *, tokenizer,
-             targets_of, train_reports=None, split="test"):
-    """Generate for every sample -> text metrics, rule-based clinical F1, template baselines, aux AUROC (flat
-    dict, keys with `prefix`). targets_of(batch, cfg) -> (B, 14) auxiliary targets. With out_dir: the generated
-    and reference reports in reports_<split>.jsonl and `visualize` cross-attention PNGs. bootstrap: not used."""
+             targets_of, train_reports=None, split="test", r2gen_train_reports=None):
+    """Generate for every sample -> the keys above (flat dict, keys with `prefix`). targets_of(batch, cfg) ->
+    (B, 14) auxiliary targets. r2gen_train_reports: the raw training reports of the R2Gen split (then the
+    dataset's records hold raw_report) -> r2gen/... keys. With out_dir: the generated and reference reports
+    in reports_<split>.jsonl and `visualize` cross-attention PNGs. bootstrap: not used."""
     model.eval()
-    predictions, references, scores, targets = [], [], [], []
+    predictions, references, ids, scores, targets = [], [], [], [], []
     limit = cfg.eval.max_samples or len(dataset)
     for batch in tqdm(epoch_loader(dataset, cfg.eval.batch_size, cfg.train.seed, 0, shuffle=False, drop_last=False),
                       desc="evaluate", leave=False, disable=None):
         reports, out = generate_reports(model, batch["image"], tokenizer, cfg, device, ctx)
         predictions += reports
         references += list(batch["report"])
+        ids += list(batch["id"])
         scores.append(torch.sigmoid(out["aux_logits"].float()).cpu())
         targets.append(targets_of(batch, cfg))
         if len(predictions) >= limit:
             break
-    predictions, references = predictions[:limit], references[:limit]
-    metrics = dict(text_metrics(predictions, references, meteor=cfg.eval.meteor))
+    predictions, references, ids = predictions[:limit], references[:limit], ids[:limit]
+    metrics = dict(text_metrics(predictions, references, **text_settings(cfg, device)))
     metrics.update(clinical_metrics(predictions, references))
     if train_reports:
         metrics.update(template_baselines(train_reports, references))
+    if r2gen_train_reports:
+        raw_of = {r["id"]: r["raw_report"] for r in dataset.records}
+        metrics.update(r2gen_protocol(predictions, [raw_of[i] for i in ids], r2gen_train_reports, cfg))
     scores, targets = torch.cat(scores)[:limit].numpy(), torch.cat(targets)[:limit].numpy()
     metrics.update(classification_metrics(scores, targets, list(CHEXPERT_LABELS), prefix="aux/"))
     metrics = {prefix + k: float(v) for k, v in metrics.items()

@@ -256,6 +256,39 @@ def test_evaluate_py_overrides_generation_for_one_evaluation(tmp_path, capsys):
     assert stop.value.code == 2 and "model.heads=2: the model comes from the checkpoint" in capsys.readouterr().err
 
 
+def test_r2gen_split_is_also_scored_under_r2gens_protocol(tmp_path):
+    """data.source=iu_xray_r2gen: r2gen/... keys score the annotation's own strings with R2Gen's vocabulary
+    (<unk> below 3 training counts) and reference cut, checked here against a hand-built reference."""
+    import evaluate
+    from collections import Counter
+    from data.iu_xray import write_r2gen_annotation
+    from data.phantom import phantom_split
+    from data.reports import r2gen_normalize
+    from metrics.text import bleu
+    phantoms = phantom_split("train", 16, 96)
+    written = write_r2gen_annotation(tmp_path / "r2gen", [phantoms[i] for i in range(16)])
+    T.main(["--phase", "1", "--out", str(tmp_path / "run"), "train.stop_after_steps=1", *SMALL,
+            "data.source=iu_xray_r2gen", f"data.annotation={written['annotation']}",
+            f"data.root={written['image_root']}", "phases.phase1.batch_size=4",
+            "phases.phase1.effective_batch_size=4", "eval.bertscore_model="])
+    metrics = evaluate.main([str(tmp_path / "run" / "last.pt"), "--num-beams", "1", "--max-length", "8",
+                             "eval.meteor=false", "--device", "cpu"])
+    annotation = json.loads(written["annotation"].read_text())
+    train = [e["report"] for e in annotation["train"]]
+    counts = Counter(t for r in train for t in r2gen_normalize(r).split())
+    words = {t for t, c in counts.items() if c >= 3}
+    assert metrics["r2gen/vocabulary_size"] == len(words) + 1 and metrics["r2gen/pairs_scored"] == 4
+
+    def r2gen(text, cut=None):
+        tokens = [t if t in words else "<unk>" for t in r2gen_normalize(text).split()]
+        return " ".join(tokens[:cut - 1] if cut else tokens)
+    frequent = Counter(train).most_common(1)[0][0]
+    references = [[r2gen(e["report"], 60)] for e in annotation["test"]]
+    expected = bleu([r2gen(frequent)] * len(references), references)
+    assert [metrics[f"r2gen/template_frequent/bleu{k}"] for k in (1, 2, 3, 4)] == pytest.approx(expected)
+    assert "bleu4" in metrics and "bertscore/f1" not in metrics     # seed 001's normalization beside it
+
+
 def test_evaluate_checkpoint_with_metrics(tmp_path):
     """Needs metrics/ (metrics helper). Keys of the contract, template baselines, aux AUROC, attention PNGs."""
     pytest.importorskip("metrics.text")
