@@ -16,9 +16,11 @@ Commands (run from the repository root):
     python train_chexquery.py --config configs/chexquery.yaml --dry-run model.pretrained=false
     # ablation on phantoms: full / no BERT init / no auxiliary loss / no gated fusion, phases 1 + 2 each
     python train_chexquery.py --ablation runs/chexquery/ablation --seeds 0,1,2
-    # evaluation (text metrics, rule-based clinical F1, template baselines, auxiliary AUROC), generation
-    # for your own images, per-query cross-attention PNGs
+    # evaluation (text metrics, BERTScore, CheXbert and rule-based clinical F1, template baselines, auxiliary
+    # AUROC), generation for your own images, per-query cross-attention PNGs
     python evaluate.py runs/chexquery/tiny/phase2/best.pt --split test --images my_xrays/ --visualize 4
+    # CheXbert labels of the dataset's reports for the auxiliary head (then data.labels_csv=labels.csv)
+    python train_chexquery.py --config configs/chexquery.yaml --chexbert-labels labels.csv
 
 Loss (seed 001 §7): loss = lambda_gen * generation + lambda_aux * auxiliary (models/chexquery.py), with
 label smoothing from phase 2. Optimizer steps use gradient accumulation: `batch_size` micro-batches,
@@ -30,6 +32,7 @@ best.pt (lowest validation generation loss) and metrics.json (test split of best
 import argparse
 import fnmatch
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -419,8 +422,8 @@ ABLATIONS = {
     "no_aux_loss": ["phases.phase1.lambda_aux=0.0", "phases.phase2.lambda_aux=0.0"],
     "no_gate": ["model.use_gate=false"],
 }
-ABLATION_COLUMNS = ["bleu1", "bleu4", "rougeL", "meteor", "cider", "clinical/micro_f1", "clinical/macro_f1",
-                    "aux/auroc/macro"]
+ABLATION_COLUMNS = ["bleu1", "bleu4", "rougeL", "meteor", "cider", "chexbert/micro_f1", "clinical_rule/micro_f1",
+                    "clinical_rule/macro_f1", "aux/auroc/macro"]
 
 
 def run_ablation(args):
@@ -468,6 +471,9 @@ def main(argv=None):
                         "x --seeds run under DIR (existing finished runs are reused) and write DIR/ablation.md")
     parser.add_argument("--variants", default=",".join(ABLATIONS), help=f"rows of --ablation ({', '.join(ABLATIONS)})")
     parser.add_argument("--seeds", default="0", help="seeds of --ablation, comma-separated (e.g. 0,1,2)")
+    parser.add_argument("--chexbert-labels", default=None, metavar="CSV", help="label every study's report of the "
+                        "config's dataset with CheXbert (eval.chexbert_checkpoint) into CSV, the file data.labels_csv "
+                        "reads, and exit (GPU when there is one: train.device)")
     args = parser.parse_args(argv)
     cfg = training.load_config(args.config, args.overrides)
     if cfg.get("system") != SYSTEM:
@@ -481,6 +487,16 @@ def main(argv=None):
         raise training.ConfigError(f"--phase must be 1, 2, 3 or a comma list of them, got {args.phase!r}")
     if args.ablation:
         return run_ablation(args)
+    if args.chexbert_labels:
+        from evals.chexbert_labels import label_dataset
+        from hub.pretrained import PretrainedLoadError
+        try:
+            return label_dataset(cfg.data, args.chexbert_labels, cfg.eval.get("chexbert_checkpoint"),
+                                 cfg.eval.get("chexbert_tokenizer"), device=cfg.train.device,
+                                 batch_size=cfg.eval.batch_size)
+        except (DataError, PretrainedLoadError) as error:
+            print(f"train_chexquery.py --chexbert-labels: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
     if args.dry_run:
         t0 = time.time()
         model = build_model(cfg)

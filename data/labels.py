@@ -4,7 +4,8 @@ One list per label space, in a fixed order; code indexes by name (`CHEXPERT_LABE
 never by a hard-coded number. Mapping tables connect the phantom findings to the other spaces.
 
 - CHEXPERT_LABELS: the 14 CheXpert observations in the order of seed 001 §4.2 (No Finding first).
-  The CheXpert labeler's CSV and MIMIC's chexpert CSV use other column orders; read them by name.
+  The CheXpert labeler's CSV, MIMIC's chexpert CSV and CheXbert's heads (CHEXBERT_CONDITIONS, No Finding
+  last) use other orders; read them by name.
 - VINDR_CONCEPTS / VINDR_DISEASES: VinDr-CXR's 22 local labels and 6 global labels
   (research/concept_cam_datasets.md §1; the test CSV spells "Other disease", renamed on load).
 - NIH_LABELS / NIH_BOX_CLASSES: ChestX-ray14's 14 labels and the 8 box classes (the box CSV spells
@@ -20,6 +21,16 @@ CHEXPERT_LABELS = [
 ]
 # the 5 CheXpert competition labels (used by the clinical-efficacy "micro over 5" metric)
 CHEXPERT_COMPETITION = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+
+# CheXbert's 14 heads, in the published order (stanfordmlgroup/CheXbert src/constants.py CONDITIONS; f1chexbert's
+# target_names): heads 0-12 have 4 classes, head 13 "No Finding" has 2. Map to CHEXPERT_LABELS by name.
+CHEXBERT_CONDITIONS = [
+    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
+    "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices",
+    "No Finding",
+]
+# CheXbert's class coding (src/constants.py CLASS_MAPPING); "No Finding" uses only 0 and 1
+CHEXBERT_CLASSES = ["blank", "positive", "negative", "uncertain"]
 
 VINDR_CONCEPTS = [
     "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture", "Consolidation",

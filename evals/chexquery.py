@@ -10,6 +10,9 @@ Keys (docs/metrics.md says how each is computed and which published convention i
 - r2gen/...: the same text metrics under R2Gen's protocol (its cleaning, <unk> for words seen fewer than
   eval.r2gen_threshold times in the training reports, references cut to eval.r2gen_max_seq_length), only
   when the data is the R2Gen split (data.source=iu_xray_r2gen), so they stand beside published IU numbers;
+- chexbert/...: clinical efficacy from CheXbert labels of both sides (eval.chexbert_checkpoint: the published
+  weights, or tiny-hub/chexbert at tiny scale; models/chexbert.py), uncertain rule eval.chexbert_uncertain;
+  without loadable weights a printed line says which are missing and where it looked, and no chexbert/ key;
 - clinical_rule/... (the project's rule labeler on both sides, metrics/clinical.py); template_frequent/...
   and template_normal/... (constant-report baselines on the same references); aux/auroc/... (the
   auxiliary head against the dataset's labels).
@@ -26,8 +29,8 @@ from data.labels import CHEXPERT_LABELS
 from data.loader import epoch_loader
 from data.sample import DataError
 from metrics.classification import classification_metrics
-from metrics.clinical import clinical_metrics
-from metrics.text import R2GenVocabulary, template_baselines, text_metrics
+from metrics.clinical import chexbert_metrics, clinical_metrics
+from metrics.text import NORMAL_REPORT, R2GenVocabulary, frequent_report, template_baselines, text_metrics
 from models.text_decoder import prompt_prefix
 
 
@@ -49,6 +52,28 @@ def r2gen_protocol(predictions, raw_references, raw_train_reports, cfg):
                                      r2gen_vocabulary=vocabulary, max_seq_length=cut))
     scores["vocabulary_size"] = float(len(vocabulary))
     return {f"r2gen/{k}": v for k, v in scores.items()}
+
+
+def chexbert_scores(predictions, references, templates, cfg, device):
+    """CheXbert CE of the predictions and of each constant template {name: report} against the references
+    (chexbert/... and <name>/chexbert/...), or {} with one printed line saying why the labeler did not run."""
+    from evals.chexbert_labels import build_labeler, chexbert_unavailable
+    checkpoint, tokenizer = cfg.eval.get("chexbert_checkpoint"), cfg.eval.get("chexbert_tokenizer")
+    uncertain = cfg.eval.get("chexbert_uncertain", "positive")
+    reason = chexbert_unavailable(checkpoint, tokenizer)
+    if reason:
+        print(f"[clinical] {reason}; rule labeler used instead (clinical_rule/..., not CheXbert F1)")
+        return {}
+    labeler = build_labeler(checkpoint, tokenizer, str(device), cfg.eval.batch_size)
+    reference_classes = labeler(references, desc="CheXbert references")
+    out = chexbert_metrics(labeler(predictions, desc="CheXbert generated"), reference_classes, uncertain)
+    for name, report in templates.items():
+        constant = labeler([report]).expand(len(references), -1)
+        out.update({f"{name}/{k}": v for k, v in chexbert_metrics(constant, reference_classes, uncertain).items()})
+    print(f"[clinical] CheXbert labeler {checkpoint} (uncertain -> {uncertain}): micro-F1 "
+          f"{out['chexbert/micro_f1']:.4f}, micro-F1-5 {out['chexbert/micro_f1_5']:.4f}; rule labeler beside it "
+          f"under clinical_rule/")
+    return out
 
 
 def generation_settings(cfg):
@@ -130,8 +155,11 @@ def evaluate(model, dataset, cfg, device, ctx, prefix="", visualize=0, out_dir=N
     predictions, references, ids = predictions[:limit], references[:limit], ids[:limit]
     metrics = dict(text_metrics(predictions, references, **text_settings(cfg, device)))
     metrics.update(clinical_metrics(predictions, references))
+    templates = {}
     if train_reports:
         metrics.update(template_baselines(train_reports, references))
+        templates = {"template_frequent": frequent_report(train_reports), "template_normal": NORMAL_REPORT}
+    metrics.update(chexbert_scores(predictions, references, templates, cfg, device))
     if r2gen_train_reports:
         raw_of = {r["id"]: r["raw_report"] for r in dataset.records}
         metrics.update(r2gen_protocol(predictions, [raw_of[i] for i in ids], r2gen_train_reports, cfg))

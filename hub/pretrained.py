@@ -13,7 +13,8 @@ Design choices:
   that names the model, the cache it looked in and the tiny config to run instead. Never a silent
   fallback to random weights: random weights only come from an explicit `random_init_twin`.
 - `random_init_twin` of a tiny-hub name returns the class the hub trained (BertForMaskedLM,
-  T5ForConditionalGeneration, SiglipModel, tiny_hub_vision.MaskedAutoencoderViT, torchvision DenseNet)
+  T5ForConditionalGeneration, SiglipModel, tiny_hub_vision.MaskedAutoencoderViT, torchvision DenseNet,
+  tiny_hub_chexbert.ChexbertTrainingNet; models/chexbert.py loads the CheXbert file itself)
   from the fixed tiny configs, without building anything.
 - torchvision's DenseNet files use old key names (`norm.1`); `load_checkpoint_file("torchvision/densenet*")`
   renames them (`norm1`), so `model.load_state_dict(sd)` works on both scales.
@@ -23,13 +24,13 @@ import re
 
 import torch
 
-from hub import tiny_hub, tiny_hub_text, tiny_hub_vision
+from hub import tiny_hub, tiny_hub_chexbert, tiny_hub_text, tiny_hub_vision
 
 # which system's tiny config replaces a public pretrained name (for the error message)
 SYSTEM_OF_PUBLIC_NAME = [
     ("flan-t5", "chexquery"), ("siglip", "chexquery"), ("biobert", "chexquery"),
     ("bio_clinicalbert", "wsrpn_vl"), ("densenet", "wsrpn_vl"),
-    ("mae", "concept_cam"), ("biomedclip", "patch_ib"), ("pubmedbert", "patch_ib"),
+    ("mae", "concept_cam"), ("biomedclip", "patch_ib"), ("pubmedbert", "patch_ib"), ("chexbert", "chexquery"),
 ]
 
 
@@ -128,6 +129,7 @@ def random_init_twin(name, cls=None, image_size=tiny_hub.DEFAULT_IMAGE_SIZE):
             "tiny-hub/mae-vit": lambda: tiny_hub_vision.MaskedAutoencoderViT(
                 tiny_hub_vision.TinyMaeConfig(image_size=image_size)),
             "tiny-hub/densenet-small": tiny_hub_vision.tiny_densenet,
+            "tiny-hub/chexbert": lambda: tiny_hub_chexbert.ChexbertTrainingNet(tiny_hub_chexbert.bert_config()),
         }
         tiny_hub.hub_entry(name)   # unknown names raise with the list of known ones
         return makers[name]()

@@ -12,6 +12,7 @@ phantom data with the family's usual objective:
     tiny-hub/siglip-cxr       save_pretrained dir (+tok.)    sigmoid + 4 x label    SigLIP as CheXQuery's vision tower
     tiny-hub/mae-vit          .pth {'model': ...} (MedMAE)   MAE, 75% masking       MedMAE ViT
     tiny-hub/densenet-small   .pth state_dict (torchvision)  14-label BCE           torchvision DenseNet-121
+    tiny-hub/chexbert         chexbert.pth (CheXbert's) +tok 14 x 4-way report CE   CheXbert (report labeler)
 
 Design choices:
 - Cache: argument > env `CXR_TINY_HUB` > `~/.cache/cxr-vlm/tiny-hub`. Each model is written to a private
@@ -42,7 +43,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from hub import tiny_hub_text, tiny_hub_vision
+from hub import tiny_hub_chexbert, tiny_hub_text, tiny_hub_vision
 
 DEFAULT_CACHE = os.path.join("~", ".cache", "cxr-vlm", "tiny-hub")
 DEFAULT_IMAGE_SIZE = 96
@@ -75,6 +76,8 @@ HUB = {entry.name: entry for entry in [
     HubEntry("tiny-hub/mae-vit", "mae-vit.pth", tiny_hub_vision.build_mae_vit, 150, True, "MedMAE ViT"),
     HubEntry("tiny-hub/densenet-small", "densenet-small.pth", tiny_hub_vision.build_densenet_small, 120, False,
              "torchvision DenseNet-121"),
+    HubEntry("tiny-hub/chexbert", "chexbert", tiny_hub_chexbert.build_chexbert, 600, False,
+             "CheXbert (the labeler of CheXbert F1)"),
 ]}
 
 
@@ -229,7 +232,7 @@ def build_all(cache=None, only=None, force=False, image_size=DEFAULT_IMAGE_SIZE)
 
 def format_measurements(m):
     text = f"{m['objective']}: random twin {m['random_twin']:.3f}, before {m['before']:.3f}, after {m['after']:.3f}"
-    extras = [f"{k} {v:.3f}" for k, v in m.items() if k.startswith(("i2t_", "auroc_"))]
+    extras = [f"{k} {v:.3f}" for k, v in m.items() if k.startswith(("i2t_", "auroc_", "acc_"))]
     return text + ("; " + ", ".join(extras) if extras else "")
 
 

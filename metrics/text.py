@@ -322,6 +322,12 @@ def text_metrics(predictions, references, normalization="seed001", meteor=True, 
     return out
 
 
+def frequent_report(train_reports):
+    """The most frequent training report; the first seen wins a tie (a Counter keeps first-seen order)."""
+    counts = Counter(train_reports)
+    return max(counts, key=counts.__getitem__)
+
+
 def template_baselines(train_reports, references, normal_report=None, normalization="seed001", meteor=False,
                        clinical=True, r2gen_vocabulary=None, max_seq_length=None):
     """Constant-output floors: "template_frequent/<metric>" (most frequent training report) and
@@ -329,9 +335,8 @@ def template_baselines(train_reports, references, normal_report=None, normalizat
     scored under the same normalization / R2Gen protocol as the model."""
     if not train_reports:
         raise ValueError("template_baselines: no training reports given")
-    counts = Counter(train_reports)
-    frequent = max(counts, key=lambda report: (counts[report], -train_reports.index(report)))
-    out = {"template_frequent/train_count": float(counts[frequent])}
+    frequent = frequent_report(train_reports)
+    out = {"template_frequent/train_count": float(train_reports.count(frequent))}
     for name, template in (("template_frequent", frequent), ("template_normal", normal_report or NORMAL_REPORT)):
         constant = [template] * len(references)
         scores = text_metrics(constant, references, normalization, meteor=meteor, rouge_score=False,

@@ -300,12 +300,30 @@ def test_evaluate_checkpoint_with_metrics(tmp_path):
     args = argparse.Namespace(checkpoint="x", split="test", bootstrap=0, visualize=2, images=None,
                               out_dir=str(tmp_path), device="cpu")
     metrics = T.evaluate_checkpoint(checkpoint, args)
-    for key in ("bleu4", "clinical/micro_f1", "aux/auroc/macro"):
+    for key in ("bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "cider", "chexbert/micro_f1", "chexbert/micro_f1_5",
+                "bertscore/f1", "clinical_rule/micro_f1", "aux/auroc/macro", "template_frequent/chexbert/micro_f1",
+                "template_normal/bleu4"):
         assert key in metrics, sorted(metrics)
-    assert any(k.startswith("template_frequent/") for k in metrics)
+    assert metrics["bertscore/num_layers"] == 2 and metrics["bertscore/rescaled"] == 0   # tiny-hub/bert-mlm
     assert all(isinstance(v, float) for v in metrics.values())
     assert len(list(tmp_path.glob("cross_attention_*.png"))) == 2
     assert len((tmp_path / "reports_test.jsonl").read_text().splitlines()) == 8
+
+
+def test_paper_scorers_without_weights_say_what_is_missing(tmp_path, capsys):
+    """The paper config's CheXbert and BERTScore weights are not on this machine: one line each says which
+    weights are missing and where it looked, the rule labeler's numbers stand alone, nothing reports 0."""
+    from metrics.text import text_metrics
+    paper = training.load_config(training.REPO_ROOT / "configs" / "chexquery.yaml")
+    missing = tmp_path / "chexbert.pth"
+    cfg = config(f"eval.chexbert_checkpoint={missing}")
+    assert evals.chexquery.chexbert_scores(["No effusion."], ["Small effusion."], {}, cfg, "cpu") == {}
+    assert f"CheXbert weights missing at {missing}" in capsys.readouterr().out
+    notes = []
+    scores = text_metrics(["the heart is normal"], ["the heart is normal"], meteor=False, notes=notes,
+                          bertscore_model=paper.eval.bertscore_model)
+    assert not any(k.startswith("bertscore/") for k in scores) and scores["bleu1"] > 0.9
+    assert len(notes) == 1 and "microsoft/deberta-xlarge-mnli" in notes[0] and "looked in" in notes[0]
 
 
 def test_ablation_runs_each_variant_and_reuses_finished_runs(tmp_path, capsys):
@@ -319,7 +337,7 @@ def test_ablation_runs_each_variant_and_reuses_finished_runs(tmp_path, capsys):
         run = root / variant / "seed0"
         assert (run / "phase1" / "best.pt").exists() and (run / "phase2" / "metrics.json").exists()
         assert set(json.loads((run / "time.json").read_text())) == {"wall_s", "cpu_s"}
-        assert len(summary[f"{variant}/clinical/micro_f1"]) == 1
+        assert len(summary[f"{variant}/clinical_rule/micro_f1"]) == 1
     # each variant's switch reached its run
     assert "use_gate: false" in (root / "no_gate" / "seed0" / "phase2" / "config.yaml").read_text()
     assert "use_gate: true" in (root / "full" / "seed0" / "phase2" / "config.yaml").read_text()

@@ -138,7 +138,7 @@ def test_template_baselines():
     assert out["template_frequent/train_count"] == 2.0
     normal = text_metrics([NORMAL_REPORT] * 20, references, meteor=False)
     assert out["template_normal/cider"] == pytest.approx(normal["cider"])
-    assert "template_normal/clinical/micro_f1" in out
+    assert "template_normal/clinical_rule/micro_f1" in out
 
 
 def test_ce_scores_equal_sklearn_report():
@@ -159,21 +159,21 @@ def test_ce_scores_equal_sklearn_report():
                                         "macro_f1": ("macro avg", "f1-score"), "macro_recall": ("macro avg", "recall"),
                                         "example_f1": ("samples avg", "f1-score"),
                                         "example_precision": ("samples avg", "precision")}.items():
-            assert ours[f"clinical/{ours_key}"] == pytest.approx(report[row][column], abs=1e-12)
-        assert ours["clinical/micro_f1_5"] == pytest.approx(report5["micro avg"]["f1-score"], abs=1e-12)
+            assert ours[f"clinical_rule/{ours_key}"] == pytest.approx(report[row][column], abs=1e-12)
+        assert ours["clinical_rule/micro_f1_5"] == pytest.approx(report5["micro avg"]["f1-score"], abs=1e-12)
 
 
 def test_clinical_metrics_by_hand(capsys):
     same = ["Findings: Moderate cardiomegaly. Small left pleural effusion. | Impression: Cardiomegaly."]
     out = clinical_metrics(same, same)
-    assert out["clinical/micro_f1"] == 1.0 and out["clinical/example_f1"] == 1.0
+    assert out["clinical_rule/micro_f1"] == 1.0 and out["clinical_rule/example_f1"] == 1.0
     assert "uncertain -> positive" in capsys.readouterr().out
     # prediction says effusion is possible (uncertain), reference says it is present
     pred = ["Possible left pleural effusion."]
     ref = ["Left pleural effusion."]
-    assert clinical_metrics(pred, ref, uncertain="positive")["clinical/f1/Pleural Effusion"] == 1.0
+    assert clinical_metrics(pred, ref, uncertain="positive")["clinical_rule/f1/Pleural Effusion"] == 1.0
     negative = clinical_metrics(pred, ref, uncertain="negative")
-    assert negative["clinical/f1/Pleural Effusion"] == 0.0 and negative["clinical/uncertain_as_positive"] == 0.0
+    assert negative["clinical_rule/f1/Pleural Effusion"] == 0.0 and negative["clinical_rule/uncertain_as_positive"] == 0.0
     with pytest.raises(ValueError, match="uncertain"):
         clinical_metrics(pred, ref, uncertain="ignore")
 
