@@ -269,6 +269,10 @@ def evaluate_checkpoint(checkpoint, args):
 # ----------------------------------------------------------------------------------------------------------
 # one phase
 
+TEST_LINE = ["bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "meteor", "cider", "bertscore/f1", "chexbert/micro_f1",
+             "chexbert/micro_f1_5", "clinical_rule/micro_f1", "r2gen/bleu4", "aux/auroc/macro", "eval_seconds"]
+
+
 def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     """Train phase 1, 2 or 3 into out_dir; returns the test metrics dict (or {} when stopped early)."""
     out_dir = Path(out_dir)
@@ -409,7 +413,9 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
         return {}
     metrics["eval_seconds"] = time.time() - t0
     training.atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
-    print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    shown = [k for k in TEST_LINE if k in metrics]
+    print("test: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in shown) +
+          f" (all {len(metrics)} values in {out_dir / 'metrics.json'})")
     return metrics
 
 
