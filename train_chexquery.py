@@ -369,6 +369,7 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
                 continue
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
+            training.check_gradient(grad_norm, scaler, step)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

@@ -166,6 +166,7 @@ def train(cfg, out_dir, resume=None):
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
+            training.check_gradient(grad_norm, scaler, step)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

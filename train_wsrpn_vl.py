@@ -324,8 +324,7 @@ def main(argv=None):
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip)
-            if not scaler.is_enabled():  # fp16 skips inf steps itself; otherwise a NaN gradient stops the run
-                training.check_finite({"grad_norm": grad_norm, **terms}, step)
+            training.check_gradient(grad_norm, scaler, step)   # fp16's scaler skips inf steps itself
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

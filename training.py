@@ -385,7 +385,8 @@ def write_tokenizer_files(files, directory):
 
 def save_checkpoint(path, model, optimizer, scaler, step, epoch, phase, best_metric, config,
                     tokenizer=None, **extra):
-    """One dict with everything a resume needs, written atomically to `path`."""
+    """One dict with everything a resume needs, written atomically to `path`; never non-finite weights."""
+    check_weights(model, step, path)
     ckpt = {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -424,16 +425,39 @@ def load_checkpoint(path, model=None, optimizer=None, scaler=None, restore_rng=T
 # logging and the non-finite stop
 
 class NonFiniteLoss(RuntimeError):
-    """A loss term became NaN or inf; the run stops before backward, leaving last.pt as it was."""
+    """A loss term, the gradient or the weights became NaN or inf: the run stops before the optimizer step,
+    and no checkpoint holding non-finite weights is ever written (last.pt stays as it was)."""
 
 
 def check_finite(loss_terms, step):
+    """Before backward. step: optimizer steps done so far; messages name the step being taken (step + 1),
+    the number log.jsonl gives that step."""
     bad = [k for k, v in loss_terms.items() if not torch.isfinite(torch.as_tensor(v).detach()).all()]
     if bad:
         terms = ", ".join(f"{k}={float(torch.as_tensor(v).detach().float().mean()):.4g}"
                           for k, v in loss_terms.items())
-        raise NonFiniteLoss(f"non-finite loss at step {step} ({', '.join(bad)}); terms: {terms}. "
+        raise NonFiniteLoss(f"non-finite loss at step {step + 1} ({', '.join(bad)}); terms: {terms}. "
                             "The last good checkpoint was left untouched.")
+
+
+def check_gradient(grad_norm, scaler, step):
+    """After clip_grad_norm_, before optimizer.step: a NaN / inf gradient stops the run (a finite loss can still
+    give one). With fp16's GradScaler enabled the scaler skips such steps itself and lowers its scale."""
+    if scaler.is_enabled() or torch.isfinite(torch.as_tensor(grad_norm)).all():
+        return
+    raise NonFiniteLoss(f"non-finite gradient norm ({float(grad_norm)}) at step {step + 1}: the optimizer step was not "
+                        f"taken (a lower learning rate or train.grad_clip may help). The last good checkpoint was "
+                        f"left untouched.")
+
+
+def check_weights(model, step, path=None):
+    """Raise NonFiniteLoss when any floating tensor of the model's state holds NaN or inf (before a save)."""
+    bad = [name for name, t in unwrap(model).state_dict().items()
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        where = f"; {path} was not written" if path else ""
+        raise NonFiniteLoss(f"non-finite weights after step {step} in {len(bad)} tensors ({', '.join(bad[:3])}"
+                            f"{', ...' if len(bad) > 3 else ''}){where}. The last good checkpoint was left untouched.")
 
 
 class RunLogger:

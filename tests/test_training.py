@@ -249,13 +249,33 @@ def test_checkpoint_round_trip_keeps_every_field(tmp_path):
 def test_non_finite_loss_stops_and_leaves_last_checkpoint(tmp_path):
     run(tmp_path, 10, stop_after=3)
     good = (tmp_path / "last.pt").read_bytes()
-    with pytest.raises(NonFiniteLoss, match=r"step 5 \(mse\)"):
+    with pytest.raises(NonFiniteLoss, match=r"step 6 \(mse\)"):
         run(tmp_path, 10, resume=tmp_path / "last.pt", poison_step=5)
-    # steps 3 and 4 ran and were saved; the poisoned step 5 wrote nothing
+    # steps 4 and 5 ran and were saved; the poisoned 6th step (log.jsonl's step 6) wrote nothing
     assert load_checkpoint(tmp_path / "last.pt", restore_rng=False)["step"] == 5
     assert good != (tmp_path / "last.pt").read_bytes()
     with pytest.raises(NonFiniteLoss):
         check_finite({"a": torch.tensor(1.0), "b": torch.tensor(float("inf"))}, 0)
+
+
+def test_non_finite_gradient_and_weights_are_never_committed(tmp_path):
+    """A finite loss can still give a NaN gradient: check_gradient stops before optimizer.step (without fp16's
+    scaler, which skips such steps itself); save_checkpoint refuses non-finite weights, the old file stays."""
+    _, _, scaler, _ = training.setup_device("cpu")
+    with pytest.raises(NonFiniteLoss, match=r"non-finite gradient norm \(nan\) at step 3"):
+        training.check_gradient(torch.tensor(float("nan")), scaler, 2)
+    training.check_gradient(torch.tensor(0.5), scaler, 2)
+    enabled = torch.amp.GradScaler("cpu", enabled=True)
+    training.check_gradient(torch.tensor(float("inf")), enabled, 2)      # the fp16 scaler skips the step itself
+    model, path = Toy(), tmp_path / "last.pt"
+    opt = build_optimizer(model, 0.1, 0.0)
+    training.save_checkpoint(path, model, opt, None, 4, 0, 1, 0.0, {})
+    good = path.read_bytes()
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match=r"non-finite weights after step 5 in 1 tensors .*last.pt was not written"):
+        training.save_checkpoint(path, model, opt, None, 5, 0, 1, 0.0, {})
+    assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
