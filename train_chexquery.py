@@ -330,7 +330,7 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     elif phase > 1:
         print(f"warning: phase {phase} without --resume starts from the pretrained weights, not from phase {phase - 1}")
 
-    logger = training.RunLogger(out_dir)
+    logger = training.RunLogger(out_dir, resume_step=step or None)   # a resume drops lines past its step
 
     def save(name):
         training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, step // steps_per_epoch, phase,

@@ -252,7 +252,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
         print(f"resumed stage {stage} at step {step} (best {best_metric:.4f})")
     del checkpoint
 
-    logger = training.RunLogger(out_dir)
+    logger = training.RunLogger(out_dir, resume_step=step or None)   # a resume drops lines past its step
 
     def save(name, epoch):
         training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, epoch, stage, best_metric, cfg)

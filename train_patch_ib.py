@@ -135,7 +135,7 @@ def train(cfg, out_dir, resume=None):
         resume_ckpt = training.load_checkpoint(resume, model, restore_rng=False)
         step, best_metric = resume_ckpt["step"], resume_ckpt["best_metric"]
         print(f"resumed from {resume} at step {step} (phase {resume_ckpt['phase']})")
-    logger = training.RunLogger(out_dir)
+    logger = training.RunLogger(out_dir, resume_step=step or None)   # a resume drops lines past its step
     stop_at = min(total_steps, cfg.train.stop_after_steps or total_steps)
     progress = tqdm(total=stop_at, initial=step, desc=SYSTEM, dynamic_ncols=True, leave=False, disable=None)
 

@@ -137,7 +137,7 @@ def train(cfg, out_dir, resume=None):
         step, best_metric = checkpoint["step"], checkpoint["best_metric"]
         print(f"resumed from {resume} at step {step} (best val {VALIDATION_METRIC} {best_metric:.4f})")
 
-    logger = training.RunLogger(out_dir)
+    logger = training.RunLogger(out_dir, resume_step=step or None)   # a resume drops lines past its step
 
     def save(name):
         training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, step // steps_per_epoch, "train",

@@ -279,7 +279,7 @@ def main(argv=None):
         step, start_epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt.get("batch_in_epoch", 0)
         best_metric = ckpt["best_metric"]
         print(f"resumed {args.resume}: step {step}, epoch {start_epoch}, batch {start_batch}")
-    logger = training.RunLogger(out_dir)
+    logger = training.RunLogger(out_dir, resume_step=step or None)   # a resume drops lines past its step
 
     def save(path, epoch, batch_in_epoch):
         training.save_checkpoint(path, model, optimizer, scaler, step, epoch, scheduler.phase(epoch), best_metric, cfg,

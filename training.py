@@ -200,6 +200,8 @@ def make_out_dir(out, system, phase_name):
 
 
 def save_config(cfg, out_dir):
+    """Each run's first write into its folder: stale temporaries of an interrupted run go, config.yaml is written."""
+    remove_stale_temporaries(out_dir)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     print(f"config:\n{text}")
     atomic_write_bytes(Path(out_dir) / "config.yaml", text.encode())
@@ -326,12 +328,31 @@ def set_lr(optimizer, lr):
 # ----------------------------------------------------------------------------------------------------
 # checkpoints
 
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(out_dir):
+    """Delete what a killed atomic_write_bytes left in out_dir (<name>.<random>.tmp beside a checkpoint, config
+    or metrics file); called when a run starts writing into the folder."""
+    removed = [p for p in Path(out_dir).glob("*.*.tmp") if p.is_file()]
+    for p in removed:
+        p.unlink()
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by an interrupted write in {out_dir}: "
+              f"{', '.join(p.name for p in removed[:3])}")
+    return removed
+
+
 def atomic_write_bytes(path, data):
     """Write to a temp file in the same folder, fsync, then os.replace: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())            # mkstemp makes 0600; the user's umask decides, as for open()
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -460,20 +481,44 @@ def check_weights(model, step, path=None):
                             f"{', ...' if len(bad) > 3 else ''}){where}. The last good checkpoint was left untouched.")
 
 
-class RunLogger:
-    """Appends one JSON object per call to out_dir/log.jsonl (every value) and prints a compact line: at most
-    `max_printed` values, per-class keys (two or more '/', e.g. val/ap@0.5/Nodule) left out, a count of
-    what log.jsonl has beyond that."""
+def _strict_json(value):
+    """NaN / inf -> None (strict JSON readers reject bare NaN); tensors -> numbers."""
+    value = (value.item() if value.numel() == 1 else value.tolist()) if isinstance(value, torch.Tensor) else value
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
-    def __init__(self, out_dir, filename="log.jsonl", max_printed=14):
+
+class RunLogger:
+    """Appends one JSON object per call to out_dir/log.jsonl (every value; NaN / inf written as null) and prints
+    a compact line: at most `max_printed` values, per-class keys (two or more '/', e.g. val/ap@0.5/Nodule) left
+    out, a count of what log.jsonl has beyond that. resume_step=N (a resumed run): lines of steps after N, which
+    the resumed run logs again, and a torn last line are dropped first, and an {"event": "resume"} line marks it."""
+
+    def __init__(self, out_dir, filename="log.jsonl", max_printed=14, resume_step=None):
         self.path = Path(out_dir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_printed = max_printed
+        if resume_step is not None and self.path.exists():
+            kept, dropped = [], 0
+            for line in self.path.read_text().splitlines():
+                try:
+                    step = json.loads(line).get("step")
+                except ValueError:
+                    step = float("inf")                              # a line torn by a kill
+                if isinstance(step, (int, float)) and step > resume_step:
+                    dropped += 1
+                else:
+                    kept.append(line + "\n")
+            atomic_write_bytes(self.path, "".join(kept).encode())
+            self.log(echo=False, event="resume", step=resume_step, dropped_lines=dropped)
 
     def log(self, echo=True, **record):
-        record = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+        record = {k: _strict_json(v) for k, v in record.items()}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         if echo:
             (tqdm_write if "tqdm" in sys.modules else print)(self.line(record))
 

@@ -1,7 +1,13 @@
 """A forced NaN gradient in each of the five scripts: the run stops at the step it happens in, with the step
 number log.jsonl would give it, before the optimizer step, and no checkpoint is written (a finite loss with a
-non-finite gradient used to reach optimizer.step and then last.pt).
+non-finite gradient used to reach optimizer.step and then last.pt). Also the run folder's formats: one log line
+per step after a resume, no temporaries left by a killed write, NaN as null, file modes from the umask.
 Run: python -m pytest -q tests/test_nonfinite.py"""
+import json
+import os
+import shutil
+import stat
+
 import pytest
 import torch
 
@@ -45,3 +51,41 @@ def test_nan_gradient_stops_before_the_step_and_saves_nothing(system, tmp_path, 
     with pytest.raises(training.NonFiniteLoss, match=r"non-finite gradient norm \(nan\) at step 1:"):
         script.main(["--out", str(tmp_path / "run"), *argv])
     assert not list((tmp_path / "run").rglob("*.pt")) and not list((tmp_path / "run").rglob("*.tmp"))
+
+
+def test_resume_leaves_one_log_line_per_step_and_the_litter_goes(tmp_path):
+    """A run resumed from an earlier last.pt logs its steps again: the lines past the checkpoint's step are
+    dropped first (log.jsonl then reads as the uninterrupted run's); a killed write's temporary is removed at
+    the start; NaN is written as null."""
+    script, argv = RUNS["video_clip"]
+    argv = [a for a in argv if not a.startswith(("train.steps", "train.eval_interval"))] + [
+        "train.steps=4", "train.eval_interval=2", "train.log_interval=1"]
+
+    def steps(run):
+        return [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "event" not in r]
+    script.main(["--out", str(tmp_path / "full"), *argv])
+    cut = tmp_path / "cut"
+    script.main(["--out", str(cut), *argv, "train.stop_after_steps=2"])
+    shutil.copy(cut / "last.pt", tmp_path / "step2.pt")
+    script.main(["--out", str(cut), "--resume", str(cut / "last.pt"), *argv])
+    (cut / "last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    script.main(["--out", str(cut), "--resume", str(tmp_path / "step2.pt"), *argv])   # steps 3, 4 again
+    assert steps(cut) == steps(tmp_path / "full") and not list(cut.glob("*.tmp"))
+    events = [r for r in map(json.loads, (cut / "log.jsonl").read_text().splitlines()) if "event" in r]
+    assert [(e["step"], e["dropped_lines"]) for e in events] == [(2, 0), (2, len(steps(cut)) - steps(cut).index(3))]
+
+
+def test_log_writes_nan_as_null_and_files_follow_the_umask(tmp_path):
+    logger = training.RunLogger(tmp_path)
+    logger.log(echo=False, step=1, loss=float("nan"), values=[1.0, float("inf")])
+    assert json.loads((tmp_path / "log.jsonl").read_text(), parse_constant=pytest.fail) == {
+        "step": 1, "loss": None, "values": [1.0, None]}
+    old = os.umask(0o022)
+    try:
+        training.atomic_write_bytes(tmp_path / "metrics.json", b"{}")
+        os.umask(0o077)
+        training.atomic_write_bytes(tmp_path / "private.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
