@@ -510,8 +510,9 @@ def main(argv=None):
         print(f"built in {time.time() - t0:.1f} s")
         return print_parameter_table(model, compare_seed=True)
     if len(phases) == 1:
-        return train_phase(cfg, phases[0], training.make_out_dir(args.out, SYSTEM, f"phase{phases[0]}"), args.resume)
-    root = training.make_out_dir(args.out, SYSTEM, "phases" + "".join(map(str, phases)))
+        out_dir = training.make_out_dir(args.out, SYSTEM, f"phase{phases[0]}", args.resume, args.overwrite)
+        return train_phase(cfg, phases[0], out_dir, args.resume)
+    root = training.make_out_dir(args.out, SYSTEM, "phases" + "".join(map(str, phases)), args.resume, args.overwrite)
     resume, metrics = args.resume, {}
     wall, cpu = time.time(), time.process_time()
     for phase in phases:

@@ -474,9 +474,9 @@ def main(argv=None):
             return compare_seed(args.config, list(args.overrides), args.compare_seed, args.out)
         return compare(args.config, list(args.overrides), args.compare, args.out, args.jobs)
     if args.stage != "all":
-        out_dir = training.make_out_dir(args.out, SYSTEM, f"stage{args.stage}")
+        out_dir = training.make_out_dir(args.out, SYSTEM, f"stage{args.stage}", args.resume, args.overwrite)
         return run_stage(cfg, int(args.stage), out_dir, args.resume)
-    out_dir = training.make_out_dir(args.out, SYSTEM, "all")
+    out_dir = training.make_out_dir(args.out, SYSTEM, "all", args.resume, args.overwrite)
     previous, datasets = args.resume, stage_datasets(cfg)
     for stage in (1, 2, 3):
         previous = run_stage(cfg, stage, out_dir / f"stage{stage}", previous, datasets=datasets)

@@ -311,7 +311,7 @@ def main(argv=None):
         raise training.ConfigError(f"{args.config}: system is {cfg.get('system')!r}, expected {SYSTEM!r}")
     if args.table:
         return run_table(args)
-    return train(cfg, training.make_out_dir(args.out, SYSTEM, "train"), args.resume)
+    return train(cfg, training.make_out_dir(args.out, SYSTEM, "train", args.resume, args.overwrite), args.resume)
 
 
 if __name__ == "__main__":

@@ -241,7 +241,7 @@ def main(argv=None):
     cfg = training.load_config(args.config, args.overrides)
     if cfg.get("system") != SYSTEM:
         raise training.ConfigError(f"{args.config}: expected system: {SYSTEM}, got {cfg.get('system')!r}")
-    out_dir = training.make_out_dir(args.out, SYSTEM, f"phase{args.phase}")
+    out_dir = training.make_out_dir(args.out, SYSTEM, f"phase{args.phase}", args.resume, args.overwrite)
     training.save_config(cfg, out_dir)
     t = cfg.train
 

@@ -189,14 +189,72 @@ def base_argparser(system, doc=None):
                    help="YAML config (default: the embedded tiny default)")
     p.add_argument("--out", default=None, help=f"run directory (default runs/{system}/<phase>-<time>)")
     p.add_argument("--resume", default=None, help="checkpoint to resume from (last.pt or best.pt)")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out that already holds a run, "
+                   "deleting its checkpoints, logs and metrics first (without it such an --out is refused)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-4 model.lambda_token=0.5")
     return p
 
 
-def make_out_dir(out, system, phase_name):
+RUN_FILES = ("*.pt", "log.jsonl", "metrics*.json")     # what makes a folder a run's (searched recursively)
+
+
+def make_out_dir(out, system, phase_name, resume=None, overwrite=False):
+    """The run folder: --out, or runs/<system>/<phase>-<time>. A folder that already holds a run is refused unless
+    --resume points inside it (the same run continues) or overwrite (its run files are deleted first). While
+    this process writes into it, out/.lock holds its pid: a second process is refused."""
     path = Path(out) if out else Path("runs") / system / f"{phase_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    used = sorted({p for pattern in RUN_FILES for p in path.rglob(pattern)}) if path.is_dir() else []
+    inside = resume is not None and path.resolve() in Path(resume).resolve().parents
+    if used and not inside:
+        if not overwrite:
+            names = ", ".join(str(p.relative_to(path)) for p in used[:3]) + (", ..." if len(used) > 3 else "")
+            raise ConfigError(f"--out {path} already holds a run ({names}); continue it with --resume "
+                              f"{path}/last.pt, replace it with --overwrite, or choose another --out")
+        for p in used:
+            p.unlink()
+        print(f"--overwrite: deleted {len(used)} file(s) of the previous run in {path}")
     path.mkdir(parents=True, exist_ok=True)
+    hold_lock(path)
     return path
+
+
+_LOCKS = set()
+
+
+def hold_lock(folder):
+    """folder/.lock with this pid (removed at exit); another live process's lock is refused, a dead one's taken."""
+    lock = Path(folder) / ".lock"
+    if lock in _LOCKS:
+        return lock
+    try:
+        owner = int(lock.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        owner = 0
+    if owner and owner != os.getpid():
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            print(f"{lock}: the run of pid {owner} is gone; taking the folder over")
+        except PermissionError:
+            raise ConfigError(f"{folder}: another run (pid {owner}) is writing into it ({lock})") from None
+        else:
+            raise ConfigError(f"{folder}: another run (pid {owner}) is writing into it ({lock}); wait for it or "
+                              f"choose another --out") from None
+    lock.write_text(f"{os.getpid()}\n")
+    _LOCKS.add(lock)
+    if len(_LOCKS) == 1:
+        import atexit
+        atexit.register(_release_locks)
+    return lock
+
+
+def _release_locks():
+    for lock in _LOCKS:
+        try:
+            if lock.read_text().strip() == str(os.getpid()):
+                lock.unlink()
+        except OSError:
+            pass
 
 
 def save_config(cfg, out_dir):

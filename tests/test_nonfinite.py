@@ -66,10 +66,10 @@ def test_resume_leaves_one_log_line_per_step_and_the_litter_goes(tmp_path):
     script.main(["--out", str(tmp_path / "full"), *argv])
     cut = tmp_path / "cut"
     script.main(["--out", str(cut), *argv, "train.stop_after_steps=2"])
-    shutil.copy(cut / "last.pt", tmp_path / "step2.pt")
+    shutil.copy(cut / "last.pt", cut / "step2.pt")
     script.main(["--out", str(cut), "--resume", str(cut / "last.pt"), *argv])
     (cut / "last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
-    script.main(["--out", str(cut), "--resume", str(tmp_path / "step2.pt"), *argv])   # steps 3, 4 again
+    script.main(["--out", str(cut), "--resume", str(cut / "step2.pt"), *argv])   # steps 3, 4 again
     assert steps(cut) == steps(tmp_path / "full") and not list(cut.glob("*.tmp"))
     events = [r for r in map(json.loads, (cut / "log.jsonl").read_text().splitlines()) if "event" in r]
     assert [(e["step"], e["dropped_lines"]) for e in events] == [(2, 0), (2, len(steps(cut)) - steps(cut).index(3))]
@@ -89,3 +89,27 @@ def test_log_writes_nan_as_null_and_files_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+
+
+def test_a_used_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path, capsys):
+    script, argv = RUNS["video_clip"]
+    argv = [a for a in argv if not a.startswith(("train.steps", "train.eval_interval"))] + [
+        "train.steps=2", "train.eval_interval=2"]
+    run = tmp_path / "run"
+    script.main(["--out", str(run), *argv])
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with pytest.raises(training.ConfigError, match=r"already holds a run .*--resume .*--overwrite"):
+        script.main(["--out", str(run), *argv])
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before          # nothing touched
+    script.main(["--out", str(run), "--overwrite", *argv])
+    lines = (run / "log.jsonl").read_text().splitlines()
+    assert "--overwrite: deleted" in capsys.readouterr().out and sum('"val/' in line for line in lines) == 1
+    # a folder another live process writes into is refused; a dead process's lock is taken over
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".lock").write_text("1\n")                                  # pid 1 is alive
+    with pytest.raises(training.ConfigError, match=r"another run \(pid 1\) is writing into it"):
+        training.make_out_dir(str(other), "video_clip", "train")
+    (other / ".lock").write_text("999999999\n")
+    assert training.make_out_dir(str(other), "video_clip", "train") == other
+    assert (other / ".lock").read_text().strip() == str(os.getpid())
