@@ -6,6 +6,10 @@
   the file line number; a row with the wrong number of cells, or a cell that does not parse, becomes one
   message naming the file, the line and what was expected. Trailing empty header cells (NIH's split
   bracket headers leave some) are dropped, and extra cells in a row must then be empty.
+- Text is UTF-8. A byte that is not is one message "<file>: not UTF-8 at line N (byte 0x..)": in a CSV row or
+  a JSONL line it goes through the policy (skip drops that row); in a header or a whole-file text it stops.
+- Keys: `first_of_each` keeps the first row of each key; a repeated key is one policy message naming the
+  file, the key and both lines ("uid 42 on lines 7 and 19; expected one row per uid"), the later row left out.
 - Images: `load_image` returns an 8-bit 'L' PIL image, or raises DataError naming the file (missing or not
   decodable). 16-bit images are scaled min-max to 8 bit. A corrupt image is never replaced by zeros.
 - Patient-level split: made once (seeded shuffle of the sorted patient ids, cut by fractions), saved as JSON
@@ -20,8 +24,11 @@
 """
 import csv
 import gzip
+import io
 import json
 import os
+import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -67,35 +74,117 @@ def open_text(path, mode="r"):
     return open(path, mode, encoding="utf-8", newline="")
 
 
+def read_bytes(path):
+    """The file's bytes (`.gz` decompressed); DataError naming the file if it cannot be read."""
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                return handle.read()
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"file not found: {path}") from None
+    except (OSError, EOFError) as error:  # a truncated or corrupt .gz
+        raise DataError(f"{path}: cannot be read ({error})") from None
+
+
+def not_utf8(path, data, error, first_line=1):
+    """Message for a UnicodeDecodeError of `data` (the bytes from line `first_line` of `path` on)."""
+    line = first_line + data.count(b"\n", 0, error.start)
+    return f"{path}: not UTF-8 at line {line} (byte 0x{data[error.start]:02x}); expected UTF-8 text"
+
+
+def read_text(path):
+    """The whole file as str (`.gz` decompressed); a non-UTF-8 byte is a DataError naming the file and line."""
+    data = read_bytes(path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(not_utf8(path, data, error)) from None
+
+
+def read_lines(path, policy):
+    """-> [(line_number, str)] of a line-based file (JSONL, lists); a line that is not UTF-8 goes to the policy."""
+    lines = []
+    for number, raw in enumerate(read_bytes(path).split(b"\n"), start=1):
+        try:
+            lines.append((number, raw.decode("utf-8")))
+        except UnicodeDecodeError as error:
+            policy(not_utf8(path, raw, error, number))
+    return lines
+
+
+def first_of_each(policy, path, key_name, keyed, expected=None):
+    """keyed: [(line, key, value)] -> {key: value} of the first row of each key. A repeated key is one policy
+    message naming the file, the key and both lines; the later row is left out (skip) or stops (stop)."""
+    table, first_line = {}, {}
+    for line, key, value in keyed:
+        if key in first_line:
+            policy(f"{path}: {key_name} {key} on lines {first_line[key]} and {line}; "
+                   f"expected {expected or f'one row per {key_name}'}")
+            continue
+        table[key], first_line[key] = value, line
+    return table
+
+
 # ----------------------------------------------------------------------------------------------------------
 # CSV
 
 def read_csv(path, policy):
-    """-> (header list, [(line_number, cells list)]), rows with a wrong cell count reported through policy."""
+    """-> (header list, [(line_number, cells list)]). A row with a wrong cell count or a non-UTF-8 byte is
+    reported through policy and left out; a header that is not UTF-8 stops."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"file not found: {path}")
-    with open_text(path) as handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: the file is empty, expected a header row") from None
-        while header and header[-1].strip() == "":
-            header = header[:-1]
-        header = [h.strip() for h in header]
-        rows = []
-        for cells in reader:
-            if not cells:
-                continue
-            while len(cells) > len(header) and cells[-1].strip() == "":
-                cells = cells[:-1]
-            if len(cells) != len(header):
-                policy(f"{path} line {reader.line_num}: expected {len(header)} columns "
-                       f"({', '.join(header)}), found {len(cells)}")
-                continue
-            rows.append((reader.line_num, cells))
+    data = read_bytes(path)
+    # surrogateescape keeps a bad byte as one marker character (U+DC80..U+DCFF), found again per row below
+    reader = csv.reader(io.StringIO(data.decode("utf-8", errors="surrogateescape"), newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{path}: the file is empty, expected a header row") from None
+    if _BAD_BYTE.search("".join(header)):
+        raise DataError(not_utf8(path, data, _decode_error(data)) + " (in the header row)")
+    while header and header[-1].strip() == "":
+        header = header[:-1]
+    header = [h.strip() for h in header]
+    rows, end, raw_lines = [], reader.line_num, None
+    for cells in reader:
+        start, end = end + 1, reader.line_num
+        if not cells:
+            continue
+        if _BAD_BYTE.search("".join(cells)):
+            raw_lines = raw_lines or data.split(b"\n")
+            policy(_not_utf8_in_rows(path, raw_lines, start, end))
+            continue
+        while len(cells) > len(header) and cells[-1].strip() == "":
+            cells = cells[:-1]
+        if len(cells) != len(header):
+            policy(f"{path} line {reader.line_num}: expected {len(header)} columns "
+                   f"({', '.join(header)}), found {len(cells)}")
+            continue
+        rows.append((reader.line_num, cells))
     return header, rows
+
+
+_BAD_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a byte that is not UTF-8
+
+
+def _not_utf8_in_rows(path, raw_lines, start, end):
+    """Message for the first bad byte in lines start..end (1-based, a row may span several lines)."""
+    for number in range(start, min(end, len(raw_lines)) + 1):
+        error = _decode_error(raw_lines[number - 1])
+        if error is not None:
+            return not_utf8(path, raw_lines[number - 1], error, number)
+    return f"{path}: not UTF-8 at line {end}; expected UTF-8 text"
+
+
+def _decode_error(data):
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error
+    return None
 
 
 def column_index(header, names, path):
@@ -136,6 +225,9 @@ def write_csv(path, header, rows):
 # ----------------------------------------------------------------------------------------------------------
 # images
 
+# what PIL raises for a truncated or corrupt file (OSError covers "image file is truncated")
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
 def load_image(path, context=""):
     """-> PIL 'L' image; DataError naming the file (and context, e.g. the CSV row) if missing or unreadable."""
     path = Path(path)
@@ -148,7 +240,7 @@ def load_image(path, context=""):
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 return _scale_to_uint8(np.asarray(image, np.float64))
             return image.convert("L")
-    except (OSError, SyntaxError, ValueError) as error:
+    except IMAGE_ERRORS as error:
         raise DataError(f"cannot read image {path}{where}: {error}; expected a readable PNG/JPEG") from None
 
 
@@ -385,15 +477,9 @@ def read_label_table(path, key_column, names, policy, allowed=(1.0, 0.0, -1.0)):
         if not key:
             raise DataError(f"{path} line {line}: column '{key_column}' is empty")
         values = [parse_label(cells[columns[n]], path, line, n, allowed) for n in names]
-        return key, np.array([0.0 if v is None else v for v in values], np.float32)
+        return line, key, np.array([0.0 if v is None else v for v in values], np.float32)
 
-    table = {}
-    for key, labels in row_errors(policy, rows, parse):
-        if key in table:
-            policy(f"{path}: '{key_column}' {key} appears twice; expected one row per {key_column}")
-            continue
-        table[key] = labels
-    return table
+    return first_of_each(policy, path, key_column, row_errors(policy, rows, parse))
 
 
 def rule_labels(report, names):

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data.io import (RecordDataset, column_index, data_root, iterate_samples, image_uint8, load_or_make_split,
-                     make_policy, read_csv, read_label_table, row_errors, rule_labels, save_image, write_csv)
+from data.io import (RecordDataset, column_index, data_root, first_of_each, iterate_samples, image_uint8,
+                     load_or_make_split, make_policy, read_csv, read_label_table, read_text, row_errors, rule_labels,
+                     save_image, write_csv)
 from data.labels import CHEXPERT_LABELS
 from data.sample import DataError
 
@@ -75,9 +76,10 @@ class IUXrayDataset(RecordDataset):
             uid = cells[col["uid"]].strip()
             if not uid.isdigit():
                 raise DataError(f"{reports_path} line {line}: column 'uid' must be an integer, got {uid!r}")
-            return uid, (cells[col["findings"]], cells[col["impression"]])
+            return line, uid, (cells[col["findings"]], cells[col["impression"]])
 
-        raw_reports = dict(row_errors(policy, rows, parse_report))
+        # a second row for a uid is a policy message naming both lines (it would silently replace the first)
+        raw_reports = first_of_each(policy, reports_path, "uid", row_errors(policy, rows, parse_report))
         reports = {uid: clean_report(f, i) for uid, (f, i) in raw_reports.items() if f.strip() or i.strip()}
         empty = len(raw_reports) - len(reports)
 
@@ -91,9 +93,11 @@ class IUXrayDataset(RecordDataset):
                                 f"got {view!r}")
             if uid not in raw_reports:
                 raise DataError(f"{projections_path} line {line}: uid {uid} has no row in indiana_reports.csv")
-            return line, uid, filename, view
+            return line, filename, (line, uid, filename, view)
 
-        projections = row_errors(policy, rows, parse_projection)
+        # a file name listed twice would be a second sample of the same image
+        projections = first_of_each(policy, projections_path, "filename",
+                                    row_errors(policy, rows, parse_projection)).values()
         assignment = None
         if split != "all":
             split_file = split_file or root / "splits" / f"iu_xray_patient_split_seed{split_seed}.json"
@@ -145,14 +149,15 @@ class IUXrayR2GenDataset(RecordDataset):
         if not image_root.is_dir():
             raise DataError(f"{DATASET}: image root '{image_root}' is not a folder; expected <id>/0.png there")
         policy = make_policy(on_error, DATASET)
+        text = read_text(annotation_path)  # one JSON document: a byte that is not UTF-8 stops
         try:
             # some copies of the file carry whitespace around the split keys; the key names are checked below
-            annotation = {key.strip(): value for key, value in json.loads(annotation_path.read_text()).items()}
+            annotation = {key.strip(): value for key, value in json.loads(text).items()}
         except (ValueError, AttributeError) as error:
             raise DataError(f"{annotation_path}: not a JSON object with keys train/val/test ({error})") from None
         if set(annotation) != {"train", "val", "test"}:
             raise DataError(f"{annotation_path}: top-level keys {sorted(annotation)}, expected train, val, test")
-        entries = []
+        entries, first_place = [], {}
         for key in ("train", "val", "test"):
             for position, entry in enumerate(annotation[key]):
                 where = f"{annotation_path} [{key!r}][{position}]"
@@ -160,6 +165,12 @@ class IUXrayR2GenDataset(RecordDataset):
                 if missing or not isinstance(entry.get("image_path"), list):
                     policy(f"{where}: expected keys id, report, image_path (a list), split; missing {missing}")
                     continue
+                study = str(entry["id"])
+                if study in first_place:  # a repeated id would be extra samples of one study
+                    policy(f"{annotation_path}: id {study} at [{first_place[study][0]!r}][{first_place[study][1]}] "
+                           f"and [{key!r}][{position}]; expected one entry per id")
+                    continue
+                first_place[study] = (key, position)
                 entries.append((key, where, entry))
         assignment = None
         if split != "all" and not official_split:

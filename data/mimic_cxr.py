@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data.io import (RecordDataset, column_index, data_root, first_existing, image_uint8, iterate_samples,
-                     make_policy, read_csv, read_label_table, row_errors, save_image, write_csv)
+from data.io import (RecordDataset, column_index, data_root, first_existing, first_of_each, image_uint8,
+                     iterate_samples, make_policy, read_csv, read_label_table, read_lines, read_text, row_errors,
+                     save_image, write_csv)
 from data.labels import CHEXPERT_LABELS
 from data.sample import DataError
 
@@ -69,7 +70,8 @@ class MimicCxrDataset(RecordDataset):
 
         header, rows = read_csv(metadata_path, policy)
         col_m = column_index(header, ["dicom_id", "ViewPosition"], metadata_path)
-        views = {cells[col_m["dicom_id"]]: cells[col_m["ViewPosition"]].strip() for _, cells in rows}
+        views = first_of_each(policy, metadata_path, "dicom_id", [
+            (line, cells[col_m["dicom_id"]].strip(), cells[col_m["ViewPosition"]].strip()) for line, cells in rows])
 
         table = read_label_table(chexpert_path, "study_id", CHEXPERT_LABELS, policy)
 
@@ -86,10 +88,12 @@ class MimicCxrDataset(RecordDataset):
                 raise DataError(f"{split_path} line {line}: split must be train, validate or test, got {name!r}")
             if dicom not in views:
                 raise DataError(f"{split_path} line {line}: dicom_id {dicom} has no row in {metadata_path.name}")
-            return line, dicom, study, subject, SPLIT_NAMES[name]
+            return line, dicom, (line, dicom, study, subject, SPLIT_NAMES[name])
 
         records = []
-        for line, dicom, study, subject, name in row_errors(policy, rows, parse):
+        # a dicom_id listed twice would be a second sample of the same image
+        for line, dicom, study, subject, name in first_of_each(policy, split_path, "dicom_id",
+                                                               row_errors(policy, rows, parse)).values():
             if (split != "all" and name != split) or (frontal_only and views[dicom] not in FRONTAL_VIEWS):
                 continue
             if study not in table:
@@ -112,7 +116,7 @@ class MimicCxrDataset(RecordDataset):
         path = record["report_path"]
         if not path.exists():
             raise DataError(f"report not found: {path} (for {record['where']})")
-        sections = mimic_sections(path.read_text(encoding="utf-8"))
+        sections = mimic_sections(read_text(path))  # not UTF-8: DataError naming the file and line
         return clean_report(sections["findings"], sections["impression"])
 
 
@@ -128,23 +132,30 @@ class MimicMasterDataset(RecordDataset):
         if not path.exists():
             raise DataError(f"{DATASET}: master JSONL not found: {path}")
         policy = make_policy(on_error, DATASET)
-        records, short = [], 0
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
+        records, short, line_of_dicom = [], 0, {}
+        for line_number, line in read_lines(path, policy):  # a line that is not UTF-8 goes to the policy
+            if not line.strip():
+                continue
+            try:
+                record = self._parse(json.loads(line), f"{path} line {line_number}", image_root)
+            except ValueError as error:  # DataError is a ValueError, and so is a JSON decoding error
+                policy(str(error) if isinstance(error, DataError)
+                       else f"{path} line {line_number}: not valid JSON ({error})")
+                continue
+            # a repeated dicom_id is a second sample of one image (checked over all splits: it may also cross
+            # them); a short report that is dropped anyway is no sample, so it is not counted as a repeat
+            if len(record["report"]) >= min_report_chars:
+                if record["id"] in line_of_dicom:
+                    policy(f"{path}: dicom_id {record['id']} on lines {line_of_dicom[record['id']]} and "
+                           f"{line_number}; expected one line per dicom_id")
                     continue
-                try:
-                    record = self._parse(json.loads(line), f"{path} line {line_number}", image_root)
-                except ValueError as error:  # DataError is a ValueError, and so is a JSON decoding error
-                    policy(str(error) if isinstance(error, DataError)
-                           else f"{path} line {line_number}: not valid JSON ({error})")
-                    continue
-                if split != "all" and record.pop("split") != split:
-                    continue
-                if len(record["report"]) < min_report_chars:
-                    short += 1
-                    continue
-                records.append(record)
+                line_of_dicom[record["id"]] = line_number
+            if split != "all" and record.pop("split") != split:
+                continue
+            if len(record["report"]) < min_report_chars:
+                short += 1
+                continue
+            records.append(record)
         super().__init__(records, transform, policy, DATASET, check_images)
         print(self.summary() + f" (master JSONL {split}; {short} reports under {min_report_chars} chars left out)")
 

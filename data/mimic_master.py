@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from data.io import read_text
 from data.labels import CHEXPERT_LABELS
 from data.mimic_cxr import MimicCxrDataset
 from data.sample import DataError
@@ -26,7 +27,7 @@ OFFICIAL = {"train": "train", "val": "validate", "test": "test"}
 
 def narrative(report_path):
     from data.reports import mimic_sections
-    sections = mimic_sections(report_path.read_text(encoding="utf-8"))
+    sections = mimic_sections(read_text(report_path))  # not UTF-8: DataError naming the file and line
     return " ".join(" ".join(s for s in (sections["findings"], sections["impression"]) if s).split())
 
 

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data.io import (RecordDataset, check_box, column_index, data_root, image_uint8, iterate_samples,
-                     load_or_make_split, make_policy, parse_float, read_csv, row_errors, save_image, write_csv)
+from data.io import (RecordDataset, check_box, column_index, data_root, first_of_each, image_uint8, iterate_samples,
+                     load_or_make_split, make_policy, parse_float, read_csv, read_text, row_errors, save_image,
+                     write_csv)
 from data.labels import NIH_BOX_CLASSES, NIH_LABELS, PHANTOM_FINDINGS
 from data.sample import DataError
 
@@ -42,7 +43,7 @@ BBOX_HEADER = ["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]", "", ""
 
 
 def read_data_entry(path, policy):
-    """-> [(line, image_index, patient_id, view, labels (14,))]."""
+    """-> [(line, image_index, patient_id, view, labels (14,))], one per Image Index (a repeat is a policy message)."""
     header, rows = read_csv(path, policy)
     col = column_index(header, ["Image Index", "Finding Labels", "Patient ID", "View Position"], path)
 
@@ -58,9 +59,10 @@ def read_data_entry(path, policy):
         patient = cells[col["Patient ID"]].strip()
         if not patient:
             raise DataError(f"{path} line {line}: column 'Patient ID' is empty")
-        return line, cells[col["Image Index"]].strip(), patient, cells[col["View Position"]].strip(), labels
+        image = cells[col["Image Index"]].strip()
+        return line, image, (line, image, patient, cells[col["View Position"]].strip(), labels)
 
-    return row_errors(policy, rows, parse)
+    return list(first_of_each(policy, path, "Image Index", row_errors(policy, rows, parse)).values())
 
 
 def read_bbox_list(path, policy, known_images):
@@ -90,7 +92,7 @@ def read_bbox_list(path, policy, known_images):
 def read_image_list(path):
     if not Path(path).exists():
         raise DataError(f"{DATASET}: split_mode='official' needs {path} (one Image Index a line)")
-    return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
+    return {line.strip() for line in read_text(path).splitlines() if line.strip()}
 
 
 class NihDataset(RecordDataset):

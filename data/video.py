@@ -20,16 +20,19 @@ Folder format (write your data like this; data/phantom_video.py `write_video_fol
 
 Rules checked when the dataset is built (each failure is one DataError naming the file or CSV row):
 a missing video or attention map, an unknown label, a bad split name, a frame-count mismatch between a
-video and its attention map, a subject that appears in two splits. Maps may have another resolution than
-the frames (they are resized to the frame size). Gaze recordings (fixation tables) must first be turned
-into per-frame maps (research/contrastive_vl.md §6: duration-weighted Gaussian splats per frame).
+video and its attention map, a subject that appears in two splits. videos.csv is read by data/io.py
+`read_csv`: a row with too few or too many cells, a byte that is not UTF-8 and a repeated id (both lines
+named) go through `on_error` (stop: DataError; skip: the row is left out and counted in `policy.skipped`).
+A frame image or .npy that cannot be decoded (truncated, corrupt) is a DataError naming its path.
+Maps may have another resolution than the frames (they are resized to the frame size). Gaze recordings
+(fixation tables) must first be turned into per-frame maps (research/contrastive_vl.md §6: duration-weighted
+Gaussian splats per frame).
 
 Sample: video (3, T, H, W) float32 in [0, 1] (grey copied to 3 channels), attn_map (A, T, H, W) float32
 normalized by `attn_normalize` (frame_max: each frame's max = 1; frame_sum: each frame sums to 1; none),
 label () int64, id, subject. T = num_frames frames sampled uniformly over the clip (the same indices for
 video and map); H = W = image_size.
 """
-import csv
 import hashlib
 from pathlib import Path
 
@@ -38,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from data.io import IMAGE_ERRORS, column_index, first_of_each, make_policy, read_csv
 from data.sample import DataError
 
 SPLITS = ("train", "val", "test")
@@ -84,22 +88,38 @@ def _count_frames(fmt, path):
     if fmt == "frames":
         return len(_frame_files(path))
     if fmt == "npy":
-        return int(np.load(path, mmap_mode="r").shape[0])
+        return int(_load_npy(path, mmap_mode="r").shape[0])
     raise DataError(f"{path}: mp4 videos cannot be decoded here (no video reader among the dependencies: "
                     f"torchvision 0.29 has none, PyAV/OpenCV are not installed). Convert it to a frame folder, "
                     f"e.g. `ffmpeg -i {path} {path.with_suffix('')}/%04d.png`, or to a .npy (T, H, W[, 3]) array")
 
 
+def _load_npy(path, mmap_mode=None):
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except (OSError, ValueError, EOFError) as error:  # truncated file, bad header, pickled object
+        raise DataError(f"cannot read array {path}: {error}; expected a .npy array") from None
+
+
+def _load_frame(path):
+    """One frame image -> numpy (H, W) or (H, W, C); DataError naming the file if truncated or corrupt."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except IMAGE_ERRORS as error:
+        raise DataError(f"cannot read image {path}: {error}; expected a readable frame image") from None
+
+
 def _read_frames(fmt, path):
     """-> float32 numpy (T, H, W, C) in the file's own value range."""
     if fmt == "frames":
-        arrays = [np.asarray(Image.open(p)) for p in _frame_files(path)]
+        arrays = [_load_frame(p) for p in _frame_files(path)]
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
             raise DataError(f"{path}: frames have different sizes {sorted(shapes)}")
         arr = np.stack(arrays)
     else:
-        arr = np.load(path)
+        arr = _load_npy(path)
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4:
@@ -115,7 +135,7 @@ def _read_maps(fmt, path):
             raise DataError(f"{path}: attention PNGs must be single-channel (grey), got {arr.shape[-1]} channels")
         arr = arr.transpose(0, 3, 1, 2)
     else:
-        arr = np.load(path)
+        arr = _load_npy(path)
         if arr.ndim == 3:
             arr = arr[:, None]
         if arr.ndim != 4:
@@ -124,10 +144,10 @@ def _read_maps(fmt, path):
 
 
 class VideoFolderDataset(torch.utils.data.Dataset):
-    """One split of a folder in the format of the module docstring."""
+    """One split of a folder in the format of the module docstring. on_error: stop | skip (videos.csv rows)."""
 
     def __init__(self, root, split, class_names, num_frames=16, image_size=112, attn_normalize="frame_max",
-                 split_seed=0):
+                 split_seed=0, on_error="stop"):
         self.root, self.split = Path(root), split
         self.class_names = list(class_names)
         self.num_frames, self.image_size, self.attn_normalize = num_frames, image_size, attn_normalize
@@ -137,15 +157,15 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         if not csv_path.is_file():
             raise DataError(f"{csv_path}: not found; a video folder needs videos.csv with columns "
                             f"{','.join(REQUIRED_COLUMNS)} (data/video.py docstring)")
-        with open(csv_path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DataError(f"{csv_path}: missing column(s) {missing}; header is {reader.fieldnames}")
-            rows = list(reader)
-        auto = subject_splits([r["subject"] for r in rows], seed=split_seed)
+        self.policy = make_policy(on_error, "video folder")
+        header, cells_of_rows = read_csv(csv_path, self.policy)
+        col = column_index(header, REQUIRED_COLUMNS, csv_path)
+        keyed = [(line, cells[col["id"]].strip(), (line, {c: cells[col[c]].strip() for c in REQUIRED_COLUMNS}))
+                 for line, cells in cells_of_rows]
+        rows = first_of_each(self.policy, csv_path, "id", keyed).values()  # a repeated id: one video counted twice
+        auto = subject_splits([r["subject"] for _, r in rows], seed=split_seed)
         subject_split, self.items = {}, []
-        for line, row in enumerate(rows, start=2):
+        for line, row in rows:
             where = f"{csv_path} row {line} (id {row['id']!r})"
             if row["label"] not in self.class_names:
                 raise DataError(f"{where}: unknown label {row['label']!r}; expected one of {self.class_names} "

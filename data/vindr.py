@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data.io import (RecordDataset, check_box, column_index, data_root, first_existing, image_uint8, iterate_samples,
-                     load_dicom, load_or_make_split, make_policy, parse_float, parse_label, read_csv, require_pydicom,
-                     row_errors, save_image, write_csv)
+from data.io import (RecordDataset, check_box, column_index, data_root, first_existing, first_of_each, image_uint8,
+                     iterate_samples, load_dicom, load_or_make_split, make_policy, parse_float, parse_label, read_csv,
+                     require_pydicom, row_errors, save_image, write_csv)
 from data.labels import VINDR_CONCEPTS, VINDR_DISEASES
 from data.sample import DataError
 
@@ -38,19 +38,24 @@ BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
 
 
 def read_image_labels(path, policy, aggregation):
-    """-> {image_id: (28,) aggregated labels}."""
+    """-> {image_id: (28,) aggregated labels}. One row per image_id and rad_id (per image_id in the test CSV,
+    which has no rad_id): a repeated reader row would count that reader twice in the vote."""
     header, rows = read_csv(path, policy)
     header = ["Other diseases" if h == "Other disease" else h for h in header]
     col = column_index(header, ["image_id"] + LABEL_COLUMNS, path)
+    has_reader = "rad_id" in header
 
     def parse(line, cells):
         values = [parse_label(cells[col[n]], path, line, n, allowed=(0.0, 1.0)) for n in LABEL_COLUMNS]
         if any(v is None for v in values):
             raise DataError(f"{path} line {line}: every label column must be 0 or 1, found an empty cell")
-        return cells[col["image_id"]].strip(), np.array(values, np.float32)
+        image = cells[col["image_id"]].strip()
+        key = f"{image} rad_id {cells[header.index('rad_id')].strip()}" if has_reader else image
+        return line, key, (image, np.array(values, np.float32))
 
+    expected = "one row per image_id and rad_id" if has_reader else "one row per image_id"
     votes = {}
-    for image, labels in row_errors(policy, rows, parse):
+    for image, labels in first_of_each(policy, path, "image_id", row_errors(policy, rows, parse), expected).values():
         votes.setdefault(image, []).append(labels)
     if aggregation == "any":
         return {image: np.max(rows, 0) for image, rows in votes.items()}
@@ -90,9 +95,9 @@ def read_image_sizes(path, policy):
         height, width = (parse_float(cells[col[c]], path, line, c) for c in ("height", "width"))
         if height <= 0 or width <= 0:
             raise DataError(f"{path} line {line}: height and width must be positive, got {height}, {width}")
-        return cells[col["image_id"]].strip(), (width, height)
+        return line, cells[col["image_id"]].strip(), (width, height)
 
-    return dict(row_errors(policy, rows, parse))
+    return first_of_each(policy, path, "image_id", row_errors(policy, rows, parse))
 
 
 class VinDrDataset(RecordDataset):
