@@ -318,11 +318,11 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     if resume:
         previous = torch.load(resume, map_location="cpu", weights_only=False)
         if previous.get("phase") == phase:
-            checkpoint = training.load_checkpoint(resume, model, optimizer, scaler)
+            checkpoint = training.load_checkpoint(resume, model, optimizer, scaler, config=cfg)
             step, best_metric = checkpoint["step"], checkpoint["best_metric"]
             print(f"resumed phase {phase} from {resume} at step {step}")
         elif isinstance(previous.get("phase"), int) and previous["phase"] < phase:
-            model.load_state_dict(previous["model"])
+            training.load_weights(model, previous, resume)
             print(f"phase {phase} starts from the phase {previous['phase']} weights in {resume}")
         else:
             raise training.ConfigError(f"--resume {resume} is a phase {previous.get('phase')} checkpoint; phase {phase} "

@@ -233,7 +233,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
                                    f"from stage {stage - 1} or resume stage {stage}")
     model = build_model(cfg, pretrained=checkpoint is None).to(device)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        training.load_weights(model, checkpoint, resume)
     grid = model.backbone.patch_embed.grid_size
 
     # freezing (printed), then the optimizer over what trains
@@ -247,7 +247,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     # resume (same stage: optimizer, scaler, step, RNG)
     step, best_metric = 0, float("-inf")
     if checkpoint is not None and checkpoint["phase"] == stage:
-        training.load_checkpoint(resume, model, optimizer, scaler)
+        training.load_checkpoint(resume, model, optimizer, scaler, config=cfg)
         step, best_metric = checkpoint["step"], checkpoint["best_metric"]
         print(f"resumed stage {stage} at step {step} (best {best_metric:.4f})")
     del checkpoint

@@ -132,7 +132,7 @@ def train(cfg, out_dir, resume=None):
     # resume
     step, best_metric, resume_ckpt = 0, float("inf"), None
     if resume:
-        resume_ckpt = training.load_checkpoint(resume, model, restore_rng=False)
+        resume_ckpt = training.load_checkpoint(resume, model, restore_rng=False, config=cfg)
         step, best_metric = resume_ckpt["step"], resume_ckpt["best_metric"]
         print(f"resumed from {resume} at step {step} (phase {resume_ckpt['phase']})")
     logger = training.RunLogger(out_dir, resume_step=step or None)   # a resume drops lines past its step

@@ -133,7 +133,7 @@ def train(cfg, out_dir, resume=None):
     # resume
     step, best_metric = 0, float("-inf")
     if resume:
-        checkpoint = training.load_checkpoint(resume, model, optimizer, scaler)
+        checkpoint = training.load_checkpoint(resume, model, optimizer, scaler, config=cfg)
         step, best_metric = checkpoint["step"], checkpoint["best_metric"]
         print(f"resumed from {resume} at step {step} (best val {VALIDATION_METRIC} {best_metric:.4f})")
 

@@ -165,7 +165,7 @@ def evaluate_checkpoint(checkpoint, args, text_encoder=None):
     _, ctx, _, _ = training.setup_device(device.type, cfg.train.dtype if device.type == "cuda" else "float32")
     text_encoder = text_encoder or build_text_encoder(cfg).to(device)
     model = build_model(cfg, text_encoder.hidden_size).to(device)
-    model.load_state_dict(checkpoint["model"])
+    training.load_weights(model, checkpoint, getattr(args, "checkpoint", None) or "checkpoint")
     if args.images:
         return evals.wsrpn_vl.predict_user_images(model, cfg, args.images, args.out_dir, device, ctx)
     use_text = text_encoder if cfg.model.use_vl_branch else None
@@ -275,7 +275,7 @@ def main(argv=None):
     # --- resume
     step, start_epoch, start_batch, best_metric = 0, 0, 0, float("-inf")
     if args.resume:
-        ckpt = training.load_checkpoint(args.resume, model, optimizer, scaler)
+        ckpt = training.load_checkpoint(args.resume, model, optimizer, scaler, config=cfg)
         step, start_epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt.get("batch_in_epoch", 0)
         best_metric = ckpt["best_metric"]
         print(f"resumed {args.resume}: step {step}, epoch {start_epoch}, batch {start_batch}")

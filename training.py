@@ -481,14 +481,58 @@ def save_checkpoint(path, model, optimizer, scaler, step, epoch, phase, best_met
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path, model=None, optimizer=None, scaler=None, restore_rng=True, strict=True):
-    """Load a checkpoint dict and restore what is given. Returns the dict (step, epoch, phase, ...)."""
+def load_weights(model, checkpoint, path="checkpoint", strict=True):
+    """checkpoint["model"] into model. Weights of another system or architecture are one ConfigError naming the
+    checkpoint's system and a few of the differing keys, instead of torch's dump of every key."""
+    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: no 'model' state dict inside; expected a checkpoint written by a train_*.py")
+    own = unwrap(model).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if strict and (missing or unexpected or shapes):
+        system = (checkpoint.get("config") or {}).get("system")
+        parts = [f"{len(v)} {name} ({', '.join(v[:2])}{', ...' if len(v) > 2 else ''})"
+                 for name, v in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
+        raise ConfigError(f"{path}: a checkpoint of system {system!r} whose weights do not fit this model: "
+                          f"{'; '.join(parts)} keys; give a checkpoint of this system and model config")
+    return unwrap(model).load_state_dict(state, strict=strict)
+
+
+def config_changes(old, new, allowed=("train.", "eval.", "generation.")):
+    """Keys whose value differs between a checkpoint's config and this run's, outside `allowed` prefixes."""
+    old, new = dict(_flatten(old)), dict(_flatten(new))
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(allowed)]
+
+
+def _flatten(tree, prefix=""):
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def load_checkpoint(path, model=None, optimizer=None, scaler=None, restore_rng=True, strict=True, config=None):
+    """Load a checkpoint dict and restore what is given. Returns the dict (step, epoch, phase, ...). config (this
+    run's): a resume whose config differs outside train.* / eval.* / generation.* names the keys on one line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if config is not None and isinstance(ckpt.get("config"), dict):
+        current = config.to_dict() if isinstance(config, Config) else config
+        if ckpt["config"].get("system") != current.get("system"):
+            raise ConfigError(f"{path} is a checkpoint of system {ckpt['config'].get('system')!r}, not "
+                              f"{current.get('system')!r}")
+        changed = config_changes(ckpt["config"], current)
+        if changed:
+            print(f"resuming {path} with a changed config: " + ", ".join(
+                f"{k} {dict(_flatten(ckpt['config'])).get(k)!r} -> {dict(_flatten(current)).get(k)!r}"
+                for k in changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""))
     if model is not None:
-        result = unwrap(model).load_state_dict(ckpt["model"], strict=strict)
+        result = load_weights(model, ckpt, path, strict=strict)
         if not strict and (result.missing_keys or result.unexpected_keys):
             print(f"{path}: missing keys {result.missing_keys}, unexpected keys {result.unexpected_keys}")
     if optimizer is not None and ckpt.get("optimizer") is not None:
@@ -603,7 +647,7 @@ def model_from_checkpoint(checkpoint, args, build_model, dtype=None, overrides=(
         torch.set_num_threads(cfg.train.num_threads)
     device, ctx, _, _ = setup_device(getattr(args, "device", None) or "auto", dtype or cfg.train.dtype)
     model = build_model(cfg)
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint, getattr(args, "checkpoint", None) or "checkpoint")
     return cfg, model.to(device).eval(), device, ctx
 
 # ----------------------------------------------------------------------------------------------------

@@ -113,3 +113,23 @@ def test_a_used_run_folder_is_refused_unless_resumed_or_overwritten(tmp_path, ca
     (other / ".lock").write_text("999999999\n")
     assert training.make_out_dir(str(other), "video_clip", "train") == other
     assert (other / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_resume_from_another_systems_checkpoint_is_one_message(tmp_path, capsys):
+    video, argv = RUNS["video_clip"]
+    video_argv = [a for a in argv if not a.startswith(("train.steps", "train.eval_interval"))] + ["train.steps=1"]
+    video.main(["--out", str(tmp_path / "video"), *video_argv])
+    script, patch_argv = RUNS["patch_ib"]
+    with pytest.raises(training.ConfigError, match=r"is a checkpoint of system 'video_clip', not 'patch_ib'$"):
+        script.main(["--out", str(tmp_path / "patch"), "--resume", str(tmp_path / "video" / "last.pt"), *patch_argv])
+    model = train_patch_ib.build_model(training.load_config(training.default_config_path("patch_ib"), patch_argv[:4]))
+    checkpoint = torch.load(tmp_path / "video" / "last.pt", weights_only=False)
+    with pytest.raises(training.ConfigError) as error:
+        training.load_weights(model, checkpoint, "video/last.pt")
+    message = str(error.value)
+    assert message.startswith("video/last.pt: a checkpoint of system 'video_clip' whose weights do not fit")
+    assert "missing" in message and "unexpected" in message and len(message) < 600
+    # a changed config outside train.* / eval.* is named on one line when resuming
+    video.main(["--out", str(tmp_path / "video"), "--resume", str(tmp_path / "video" / "last.pt"),
+                *video_argv[:-1], "train.steps=2", "train.batch_size=4", "data.num_val=8"])
+    assert "with a changed config: data.num_val 16 -> 8" in capsys.readouterr().out
