@@ -228,6 +228,33 @@ def write_csv(path, header, rows):
 # what PIL raises for a truncated or corrupt file (OSError covers "image file is truncated")
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
 
+USER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def read_user_images(path):
+    """`--images`: a file or a folder of images -> [(file, PIL 'L' image)] in name order. An unreadable file is
+    reported on one line and left out, so one bad file does not stop the others; -> (pairs, skipped files).
+    DataError when the path is missing or holds no image file, or when no file can be read."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"--images {path}: no such file or folder; expected an image or a folder of images")
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() in USER_IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"--images {path}: no image files ({', '.join(USER_IMAGE_SUFFIXES)}) in this folder")
+    pairs, skipped = [], []
+    for file in files:
+        try:
+            pairs.append((file, load_image(file)))
+        except DataError as error:
+            print(f"skipped: {error}")
+            skipped.append(file)
+    if not pairs:
+        raise DataError(f"--images {path}: none of the {len(files)} image file(s) could be read")
+    if skipped:
+        print(f"--images {path}: {len(pairs)} image(s) read, {len(skipped)} skipped")
+    return pairs, skipped
+
+
 def load_image(path, context=""):
     """-> PIL 'L' image; DataError naming the file (and context, e.g. the CSV row) if missing or unreadable."""
     path = Path(path)

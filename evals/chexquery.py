@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from data.labels import CHEXPERT_LABELS
 from data.loader import epoch_loader
-from data.sample import DataError
 from metrics.classification import classification_metrics
 from metrics.clinical import chexbert_metrics, clinical_metrics
 from metrics.text import NORMAL_REPORT, R2GenVocabulary, frequent_report, template_baselines, text_metrics
@@ -90,34 +89,22 @@ def generate_reports(model, images, tokenizer, cfg, device, ctx):
     return [t.strip() for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)], out
 
 
-def user_images(path):
-    path = Path(path)
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise DataError(f"--images {path}: no such file or folder; expected an image or a folder of images")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
-    if not files:
-        raise DataError(f"--images {path}: no image files ({', '.join(sorted(suffixes))}) in this folder")
-    return files
-
-
 def predict_user_images(model, cfg, path, out_dir, device, ctx, *, tokenizer):
     """Generate a report for each image under `path`; writes generated_reports.jsonl into out_dir."""
-    from data.io import load_image
+    from data.io import read_user_images
     from data.transforms import build_transform
     transform = build_transform(False, cfg.data.image_size)
     rows = []
-    for file in tqdm(user_images(path), desc="generate", leave=False, disable=None):
-        image, _, _ = transform(load_image(file, str(file)))                    # (3, H, W) normalized
+    pairs, skipped = read_user_images(path)
+    for file, pixels in tqdm(pairs, desc="generate", leave=False, disable=None):
+        image, _, _ = transform(pixels)                                         # (3, H, W) normalized
         reports, _ = generate_reports(model, image[None], tokenizer, cfg, device, ctx)
         rows.append({"image": str(file), "report": reports[0]})
         print(f"{file}: {reports[0]}")
     target = Path(out_dir) / "generated_reports.jsonl"
     target.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {target}")
-    return {"images/count": float(len(rows))}
+    return {"images/count": float(len(rows)), "images/skipped": float(len(skipped))}
 
 
 def save_attention_pngs(model, dataset, count, cfg, tokenizer, device, ctx, out_dir):

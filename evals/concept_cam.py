@@ -201,13 +201,12 @@ def save_cam_sheet(image, cams, probs, boxes, present, path, prototype_maps=None
 @torch.no_grad()
 def predict_user_images(model, images, transform, stage, task_head, out_dir, device, ctx):
     """Concept (and disease, stage 3) probabilities for a file or a folder of images, plus a CAM sheet each."""
-    from data.io import load_image
-    paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")) \
-        if Path(images).is_dir() else [Path(images)]
+    from data.io import read_user_images
+    pairs, skipped = read_user_images(images)
     results, no_boxes = {}, (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     model.eval()
-    for path in paths:
-        image, _, _ = transform(load_image(path), None, None)                    # (3, H, W)
+    for path, pixels in pairs:
+        image, _, _ = transform(pixels, None, None)                              # (3, H, W)
         with ctx:
             out = model(image[None].to(device), stage=stage, task_head=task_head)
         probs = out["concept_logits"][0].float().sigmoid().cpu()
@@ -216,4 +215,4 @@ def predict_user_images(model, images, transform, stage, task_head, out_dir, dev
             results[path.name]["diseases"] = dict(zip(VINDR_DISEASES, out["disease_logits"][0].sigmoid().tolist()))
         save_cam_sheet(image, out["cams"][0].float().cpu(), probs, no_boxes, None, Path(out_dir) / f"{path.stem}_cams.png")
     (Path(out_dir) / "predictions.json").write_text(json.dumps(results, indent=1))
-    return {"images/count": float(len(paths))}
+    return {"images/count": float(len(pairs)), "images/skipped": float(len(skipped))}

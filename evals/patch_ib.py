@@ -237,19 +237,15 @@ def save_figures(model, image, report, boxes, out_dir, name, device):
 @torch.no_grad()
 def predict_user_images(model, cfg, images, reference, out_dir, device, ctx=contextlib.nullcontext()):
     """images: a file or folder of PNG/JPEG; reference: the split whose reports are retrieved."""
-    from data.io import load_image
+    from data.io import read_user_images
     from data.transforms import build_transform
-    path = Path(images)
-    paths = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")) if path.is_dir() \
-        else [path]
-    if not paths:
-        raise FileNotFoundError(f"--images {images}: no .png/.jpg/.jpeg file there")
+    pairs, skipped = read_user_images(images)
     transform = build_transform(False, cfg.data.image_size, mean=(0, 0, 0), std=(1, 1, 1))
     e = embed_dataset(model, reference, cfg.train.batch_size, device, ctx, num_workers=cfg.data.num_workers)
     results, masks, out_dir = {}, [], Path(out_dir)
     model.eval()
-    for file in paths:
-        image, _, _ = transform(load_image(file), None, None)                          # (3, H, W)
+    for file, pixels in pairs:
+        image, _, _ = transform(pixels, None, None)                                    # (3, H, W)
         v, image_embed = model.encode_image(image[None].to(device))                    # (1, P, Dv), (1, E)
         probs = zero_shot_scores(model, image_embed.float().cpu(), device)[0]
         closest = (image_embed.float().cpu() @ e["text"].T)[0].topk(min(3, len(e["text"])))
@@ -263,9 +259,9 @@ def predict_user_images(model, cfg, images, reference, out_dir, device, ctx=cont
         save_figures(model, image, entry["closest_reports"][0]["report"], None, out_dir, file.stem, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "predictions.json").write_text(json.dumps(results, indent=1))
-    print(f"{len(paths)} images: zero-shot probabilities, closest reports of the reference split and mask means "
+    print(f"{len(pairs)} images: zero-shot probabilities, closest reports of the reference split and mask means "
           f"in {out_dir / 'predictions.json'}; PNGs beside it")
-    metrics = {"images/count": float(len(paths))}
+    metrics = {"images/count": float(len(pairs)), "images/skipped": float(len(skipped))}
     if masks:
         metrics["images/mask_sparsity"] = float(np.mean(masks))
     return metrics

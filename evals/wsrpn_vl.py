@@ -134,18 +134,17 @@ def visualize_predictions(dataset, predictions, gt_boxes, gt_labels, names, out_
 
 
 def load_user_images(path, size):
-    """A file or a folder of PNG/JPEG -> (ids, (N, 3, size, size) in [0, 1])."""
+    """A file or a folder of images -> (ids, (N, 3, size, size) in [0, 1]); unreadable files are reported and
+    left out (data.io.read_user_images)."""
     from PIL import Image
-    path = Path(path)
-    files = sorted(p for p in (path.iterdir() if path.is_dir() else [path])
-                   if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise FileNotFoundError(f"--images {path}: no .png/.jpg/.jpeg file found")
+
+    from data.io import read_user_images
+    pairs, _ = read_user_images(path)
     tensors = []
-    for f in files:
-        grey = Image.open(f).convert("L").resize((size, size), Image.BILINEAR)
+    for _, grey in pairs:
+        grey = grey.resize((size, size), Image.BILINEAR)
         tensors.append(torch.tensor(list(grey.getdata()), dtype=torch.float32).reshape(1, size, size) / 255)
-    return [f.stem for f in files], torch.stack(tensors).expand(-1, 3, -1, -1)
+    return [f.stem for f, _ in pairs], torch.stack(tensors).expand(-1, 3, -1, -1)
 
 
 def predict_user_images(model, cfg, images, out_dir, device, ctx):

@@ -214,7 +214,7 @@ def test_generation_follows_config(tmp_path):
     assert out["attention"].shape == (2, 2, 20, 36)
 
 
-def test_images_writes_a_report_per_image(tmp_path):
+def test_images_writes_a_report_per_image(tmp_path, capsys):
     import argparse
     from data.io import image_uint8, save_image
     from data.phantom import phantom_split
@@ -222,10 +222,12 @@ def test_images_writes_a_report_per_image(tmp_path):
     folder = tmp_path / "xrays"
     for i in range(2):
         save_image(image_uint8(phantom_split("test", 2, 128)[i]["image"]), folder / f"cxr{i}.png")  # other size: resized
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")          # one bad file among good ones
     checkpoint = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
     args = argparse.Namespace(checkpoint="x", split="test", bootstrap=0, visualize=0, images=str(folder),
                               out_dir=str(tmp_path), device="cpu")
-    assert T.evaluate_checkpoint(checkpoint, args) == {"images/count": 2.0}
+    assert T.evaluate_checkpoint(checkpoint, args) == {"images/count": 2.0, "images/skipped": 1.0}
+    assert "skipped: cannot read image" in capsys.readouterr().out
     rows = [json.loads(l) for l in (tmp_path / "generated_reports.jsonl").read_text().splitlines()]
     assert [r["image"].split("/")[-1] for r in rows] == ["cxr0.png", "cxr1.png"] and all(isinstance(r["report"], str) for r in rows)
     args.images = str(tmp_path / "nowhere")

@@ -129,7 +129,7 @@ def test_evaluate_checkpoint_on_user_images(run, tmp_path):
     args = argparse.Namespace(checkpoint=str(run / "stage3" / "best.pt"), split="test", bootstrap=0, visualize=0,
                               images=str(tmp_path), out_dir=str(tmp_path), device="cpu")
     out = script.evaluate_checkpoint(torch.load(args.checkpoint, weights_only=False), args)
-    assert out == {"images/count": 1.0}
+    assert out == {"images/count": 1.0, "images/skipped": 0.0}
     predictions = json.loads((tmp_path / "predictions.json").read_text())
     assert set(predictions["a.png"]) == {"concepts", "diseases"} and (tmp_path / "a_cams.png").is_file()
 
