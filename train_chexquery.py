@@ -525,4 +525,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    training.run_cli(main, "train_chexquery.py")

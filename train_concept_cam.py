@@ -484,4 +484,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    training.run_cli(main, "train_concept_cam.py")

@@ -315,4 +315,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    training.run_cli(main, "train_patch_ib.py")

@@ -279,4 +279,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    training.run_cli(main, "train_video_clip.py")

@@ -367,4 +367,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    training.run_cli(main, "train_wsrpn_vl.py")

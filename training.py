@@ -172,10 +172,41 @@ def apply_overrides(cfg, overrides):
     return cfg
 
 
+# keys (fnmatch over dotted names) whose value must be a number > 0, or >= 0
+POSITIVE_KEYS = ("*batch_size", "*.lr", "*image_size", "*log_interval", "*.epochs", "*.steps", "*num_beams",
+                 "*max_length", "*grad_clip")
+NON_NEGATIVE_KEYS = ("*eval_interval", "*stop_after_steps", "*warmup_steps", "*num_workers", "*weight_decay", "*min_lr")
+
+
+def check_values(cfg, source="config"):
+    """One ConfigError naming the key for a null / 0 / negative value where the loops need a positive number
+    (a ZeroDivisionError or TypeError deep in a run otherwise)."""
+    for key, value in _flatten(cfg.to_dict() if isinstance(cfg, Config) else cfg):
+        for patterns, ok, expected in ((POSITIVE_KEYS, lambda v: v > 0, "a number > 0"),
+                                       (NON_NEGATIVE_KEYS, lambda v: v >= 0, "a number >= 0")):
+            if any(fnmatch.fnmatchcase(key, p) for p in patterns):
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if not number or not ok(value):
+                    raise ConfigError(f"{source}: {key} is {value!r}; expected {expected}")
+
+
 def load_config(path, overrides=()):
-    """YAML file (+ `inherit:` parent) + overrides -> Config."""
-    cfg = Config.wrap(_read_yaml(path))
-    return apply_overrides(cfg, list(overrides))
+    """YAML file (+ `inherit:` parent) + overrides -> Config, its numeric keys checked (check_values)."""
+    cfg = apply_overrides(Config.wrap(_read_yaml(path)), list(overrides))
+    check_values(cfg, str(path))
+    return cfg
+
+
+def run_cli(main, script):
+    """`if __name__ == "__main__"` of a train script: a user error (config, data, weights, non-finite training)
+    is one line on stderr and exit status 2, not a traceback."""
+    from data.sample import DataError
+    from hub.pretrained import PretrainedLoadError
+    try:
+        main()
+    except (ConfigError, DataError, PretrainedLoadError, NonFiniteLoss, FileNotFoundError) as error:
+        print(f"{script}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def default_config_path(system):
@@ -202,6 +233,8 @@ def make_out_dir(out, system, phase_name, resume=None, overwrite=False):
     """The run folder: --out, or runs/<system>/<phase>-<time>. A folder that already holds a run is refused unless
     --resume points inside it (the same run continues) or overwrite (its run files are deleted first). While
     this process writes into it, out/.lock holds its pid: a second process is refused."""
+    if resume is not None and not Path(resume).is_file():
+        raise ConfigError(f"--resume {resume}: no such checkpoint file (expected RUN/last.pt or RUN/best.pt)")
     path = Path(out) if out else Path("runs") / system / f"{phase_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     used = sorted({p for pattern in RUN_FILES for p in path.rglob(pattern)}) if path.is_dir() else []
     inside = resume is not None and path.resolve() in Path(resume).resolve().parents
