@@ -10,9 +10,10 @@ train_<system>.py and calls its `evaluate_checkpoint(checkpoint, args)`. args ca
 .split, .bootstrap (0 = off), .visualize (N PNGs), .images (path or None), .out_dir, .device. The system
 returns a flat dict of floats; this script prints it as a table and writes it atomically as JSON beside
 the checkpoint:
-- metrics.json for --split test (the file the train scripts write at the end of training; re-running
-  evaluate.py on best.pt reproduces it), metrics_<split>.json for another split, metrics_images.json with
-  --images; --output PATH overrides.
+- metrics.json for best.pt on --split test (the file the train scripts write at the end of training;
+  re-running evaluate.py on best.pt reproduces it), metrics_<split>.json for another split, metrics_<stem>.json
+  for another checkpoint (metrics_last.json), metrics_images.json with --images; --output PATH overrides.
+  Each file starts with "checkpoint" and "checkpoint_step": what it scored.
 - PNGs and per-image outputs (--visualize, --images) go to RUN/vis/ (created; --out-dir overrides).
 Settings for this evaluation only: `key=value` items (as the train scripts take them) override the
 checkpoint's config, except model.* (the weights fix the model); --num-beams, --max-length (generation.*),
@@ -23,7 +24,6 @@ without evaluate_checkpoint, or a non-numeric metric value.
 """
 import argparse
 import importlib
-import json
 import math
 import sys
 from pathlib import Path
@@ -140,11 +140,16 @@ def format_table(metrics, title):
 def output_path(args, checkpoint_path):
     if args.output:
         return Path(args.output)
-    name = "metrics_images.json" if args.images else ("metrics.json" if args.split == "test" and not args.overrides
-                                                      else f"metrics_{args.split}.json")
-    if args.overrides and not args.images:
+    if args.images:
+        return Path(checkpoint_path).parent / "metrics_images.json"
+    stem = Path(checkpoint_path).stem
+    parts = [] if stem == "best" else [stem]                 # the run's own metrics.json is best.pt's
+    if args.split != "test" or args.overrides:
+        parts.append(args.split)
+    if args.overrides:
         settings = "_".join(item.split("=", 1)[0].split(".")[-1] + item.split("=", 1)[1] for item in args.overrides)
-        name = f"metrics_{args.split}_{''.join(c if c.isalnum() or c in '._-' else '-' for c in settings)}.json"
+        parts.append("".join(c if c.isalnum() or c in "._-" else "-" for c in settings))
+    name = "_".join(["metrics", *parts]) + ".json"
     return Path(checkpoint_path).parent / name
 
 
@@ -169,7 +174,7 @@ def main(argv=None):
     what = f"--images {args.images}" if args.images else f"split {args.split}"
     what += "".join(f", {item}" for item in args.overrides)
     print(format_table(metrics, f"{system}: {args.checkpoint} ({what}, bootstrap {args.bootstrap})"))
-    training.atomic_write_bytes(target, json.dumps(metrics, indent=1).encode())
+    training.write_metrics(target, metrics, args.checkpoint, checkpoint.get("step"))
     print(f"wrote {target}" + (f"; figures in {out_dir}" if args.visualize or args.images else ""))
     return metrics
 

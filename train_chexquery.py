@@ -406,14 +406,15 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
                               visualize=cfg.eval.visualize, images=None, out_dir=str(figures), device=cfg.train.device)
     t0 = time.time()
     try:
-        metrics = evaluate_checkpoint(torch.load(out_dir / "best.pt", map_location="cpu", weights_only=False), args)
+        checkpoint = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=False)
+        metrics = evaluate_checkpoint(checkpoint, args)
     except ModuleNotFoundError as error:
         if not str(error.name).startswith("metrics"):
             raise
         print(f"test evaluation skipped: {error} (metrics/ is not installed in this checkout)")
         return {}
     metrics["eval_seconds"] = time.time() - t0
-    training.atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+    training.write_metrics(out_dir / "metrics.json", metrics, out_dir / "best.pt", checkpoint["step"])
     shown = [k for k in TEST_LINE if k in metrics]
     print("test: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in shown) +
           f" (all {len(metrics)} values in {out_dir / 'metrics.json'})")

@@ -345,8 +345,9 @@ def evaluate_run(checkpoint_path, out_dir, visualize, device):
     figures.mkdir(exist_ok=True)
     args = argparse.Namespace(checkpoint=str(checkpoint_path), split="test", bootstrap=0, visualize=visualize,
                               images=None, out_dir=str(figures), device=device)
-    metrics = evaluate_checkpoint(torch.load(checkpoint_path, map_location="cpu", weights_only=False), args)
-    training.atomic_write_bytes(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=1).encode())
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    metrics = evaluate_checkpoint(checkpoint, args)
+    training.write_metrics(Path(out_dir) / "metrics.json", metrics, checkpoint_path, checkpoint["step"])
     print("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.count("/") <= 2
                                        and not any(name in k for name in VINDR_CONCEPTS)))
     return metrics

@@ -24,7 +24,6 @@ Writes config.yaml, log.jsonl, last.pt, best.pt and, after the last step, the te
 # imports
 import argparse
 import fnmatch
-import json
 import os
 import time
 from pathlib import Path
@@ -217,8 +216,9 @@ def train(cfg, out_dir, resume=None):
     args = argparse.Namespace(checkpoint=str(out_dir / "best.pt"), split="test", bootstrap=0,
                               visualize=cfg.eval.visualize, images=None, out_dir=str(out_dir / "vis"),
                               device=cfg.train.device)
-    metrics = evaluate_checkpoint(training.load_checkpoint(out_dir / "best.pt", restore_rng=False), args)
-    training.atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+    checkpoint = training.load_checkpoint(out_dir / "best.pt", restore_rng=False)
+    metrics = evaluate_checkpoint(checkpoint, args)
+    training.write_metrics(out_dir / "metrics.json", metrics, out_dir / "best.pt", checkpoint["step"])
     print(f"test metrics of {out_dir / 'best.pt'} (best val/nce_full {best_metric:.4f} of phase "
           f"{phases[-1].name}): t2i/R@1 {metrics['test/t2i/R@1']:.4f} (chance {metrics['test/t2i/chance_R@1']:.4f}), "
           f"i2t/R@1 {metrics['test/i2t/R@1']:.4f}, zero-shot mean AUROC {metrics['test/zeroshot/auroc/mean']:.3f}; "

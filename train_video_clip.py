@@ -30,7 +30,6 @@ test/align_sim_gap, test/align_sim_corr).
 # ----------------------------------------------------------------------------------------------------------
 # imports
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -198,8 +197,9 @@ def train(cfg, out_dir, resume=None):
     figures.mkdir(exist_ok=True)
     args = argparse.Namespace(checkpoint=str(best), split="test", bootstrap=0, visualize=cfg.eval.visualize,
                               images=None, out_dir=str(figures), device=cfg.train.device)
-    metrics = evaluate_checkpoint(torch.load(best, map_location="cpu", weights_only=False), args)
-    training.atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    metrics = evaluate_checkpoint(checkpoint, args)
+    training.write_metrics(out_dir / "metrics.json", metrics, best, checkpoint["step"])
     print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return metrics
 

@@ -29,7 +29,6 @@ reference; the tiny config selects by RoDeO total, see docs/wsrpn_vl.md) and met
 """
 # ----------------------------------------------------------------------------------------------------------
 # imports
-import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -358,9 +357,9 @@ def main(argv=None):
                                     visualize=cfg.eval.visualize, images=None, out_dir=str(out_dir / "test"),
                                     device=str(device))
         Path(eval_args.out_dir).mkdir(parents=True, exist_ok=True)
-        metrics = evaluate_checkpoint(torch.load(best, map_location="cpu", weights_only=False), eval_args,
-                                      text_encoder=text_encoder)
-        training.atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+        checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+        metrics = evaluate_checkpoint(checkpoint, eval_args, text_encoder=text_encoder)
+        training.write_metrics(out_dir / "metrics.json", metrics, best, checkpoint["step"])
         per_class = tuple("/" + name for name in cfg.data.classes)          # those stay in metrics.json only
         print("test:", " | ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.endswith(per_class)))
     return out_dir

@@ -455,6 +455,18 @@ def atomic_write_bytes(path, data):
         raise
 
 
+def write_metrics(path, metrics, checkpoint, step):
+    """metrics.json (atomically): "checkpoint" (the scored file, relative to the metrics file's folder when it
+    lies inside it) and "checkpoint_step" first, then the flat metric values."""
+    path, checkpoint = Path(path), Path(checkpoint)
+    try:
+        name = str(checkpoint.resolve().relative_to(path.parent.resolve()))
+    except ValueError:
+        name = str(checkpoint.resolve())
+    payload = {"checkpoint": name, "checkpoint_step": step, **metrics}
+    atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
+
+
 def unwrap(model):
     """The bare module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):

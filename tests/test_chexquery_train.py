@@ -247,7 +247,7 @@ def test_evaluate_py_overrides_generation_for_one_evaluation(tmp_path, capsys):
     reports = [json.loads(line)["generated"] for line in (tmp_path / "run" / "vis" / "reports_test.jsonl").open()]
     assert len(reports) == 4 and all(len(r.split()) <= 6 for r in reports)
     assert metrics["pairs_scored"] + metrics["pairs_skipped"] == 4
-    written = tmp_path / "run" / "metrics_test_min_length1_meteorfalse_num_beams1_max_length6_max_samples4.json"
+    written = tmp_path / "run" / "metrics_last_test_min_length1_meteorfalse_num_beams1_max_length6_max_samples4.json"
     assert written.is_file() and not (tmp_path / "run" / "metrics.json").exists()
     evaluate.main([str(checkpoint), "--max-samples", "4", "--num-beams", "1", "--max-length", "12",
                    "eval.meteor=false", "--device", "cpu"])

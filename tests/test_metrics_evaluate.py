@@ -51,6 +51,7 @@ def test_dispatch_table_and_metrics_json(tmp_path, fake_system, capsys):
     assert args.checkpoint == str(path) and args.out_dir == str(tmp_path / "run" / "vis")
     assert sorted(p.name for p in (tmp_path / "run" / "vis").iterdir()) == ["map_0.png", "map_1.png"]
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written.pop("checkpoint") == "best.pt" and written.pop("checkpoint_step") == 1   # what it scored
     assert written["score/total"] == 2.0 and written["count"] == 3.0 and metrics == pytest.approx(written, nan_ok=True)
     out = capsys.readouterr().out
     assert "| score/total" in out and "2.0000" in out and "nan" in out
@@ -58,6 +59,13 @@ def test_dispatch_table_and_metrics_json(tmp_path, fake_system, capsys):
     evaluate.main([str(path), "--split", "val"])
     assert (tmp_path / "run" / "metrics_val.json").is_file()
     assert fake_system[-1][1].split == "val"
+    # another checkpoint of the run (last.pt) gets its own file: the run's metrics.json stays best.pt's
+    last = path.with_name("last.pt")
+    write_checkpoint(last, {"system": "fakesys", "train": {"seed": 0}})
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    evaluate.main([str(last)])
+    assert json.loads((tmp_path / "run" / "metrics_last.json").read_text())["checkpoint"] == "last.pt"
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == before
 
 
 def test_clear_errors(tmp_path, fake_system):

@@ -78,7 +78,10 @@ def test_evaluate_py_on_a_tiny_run(table, tmp_path, capsys):
                              "--out-dir", str(tmp_path / "vis")])
     printed = capsys.readouterr().out
     assert "duplicate rule: identical report texts" in printed and "chance R@1 0.1250" in printed
-    assert json.loads((run / "metrics.json").read_text()) == pytest.approx(metrics, nan_ok=True)
+    rewritten = json.loads((run / "metrics.json").read_text())
+    assert rewritten.pop("checkpoint") == trained.pop("checkpoint") == "best.pt"      # what each file scored
+    assert rewritten.pop("checkpoint_step") == trained.pop("checkpoint_step")
+    assert rewritten == pytest.approx(metrics, nan_ok=True)
     assert trained == pytest.approx(metrics, nan_ok=True)                # evaluate.py reproduces the script's file
     for side in ("t2i", "i2t", "masked/t2i", "masked/i2t"):
         r = [metrics[f"test/{side}/R@{k}"] for k in (1, 5, 10)]
@@ -115,7 +118,9 @@ def test_evaluate_py_on_user_images(table, tmp_path):
     metrics = evaluate.main([str(out / "E-s0" / "best.pt"), "--images", str(folder), "--device", "cpu",
                              "--out-dir", str(tmp_path / "user")])
     assert metrics["images/count"] == 2 and 0 < metrics["images/mask_sparsity"] < 1
-    assert json.loads((out / "E-s0" / "metrics_images.json").read_text()) == metrics
+    assert json.loads((out / "E-s0" / "metrics_images.json").read_text()) == {
+        "checkpoint": "best.pt", "checkpoint_step": torch.load(out / "E-s0" / "best.pt", weights_only=False)["step"],
+        **metrics}
     predictions = json.loads((tmp_path / "user" / "predictions.json").read_text())
     assert sorted(predictions) == ["film0.png", "film1.png"]
     test_reports = {phantom_split("test", 8, 96)[i]["report"] for i in range(8)}
