@@ -11,7 +11,9 @@
 - Keys: `first_of_each` keeps the first row of each key; a repeated key is one policy message naming the
   file, the key and both lines ("uid 42 on lines 7 and 19; expected one row per uid"), the later row left out.
 - Images: `load_image` returns an 8-bit 'L' PIL image, or raises DataError naming the file (missing or not
-  decodable). 16-bit images are scaled min-max to 8 bit. A corrupt image is never replaced by zeros.
+  decodable). 16-bit images are scaled min-max to 8 bit. A corrupt image is never replaced by zeros, nor by
+  another record: under on_error=skip a record that fails while loading is None, reported once, and
+  data.sample.collate drops it from its batch.
 - Patient-level split: made once (seeded shuffle of the sorted patient ids, cut by fractions), saved as JSON
   `{"dataset", "seed", "fractions", "patients": {patient_id: "train"|"val"|"test"}}`, and reused when the
   file exists. A split file that lacks a patient of the data is an error (delete it or pass the right one).
@@ -401,6 +403,7 @@ class RecordDataset(torch.utils.data.Dataset):
         self.transform = transform if transform is not None else to_tensor_transform()
         self.policy, self.name = policy, name
         self.records = records
+        self.bad = set()   # indices whose record failed to load (on_error=skip), in this process
         if check_images:
             self.records = [r for r in records if self._image_ok(r)]
 
@@ -432,15 +435,19 @@ class RecordDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index):
+        """The sample of record `index`; None for a record that cannot be loaded under on_error=skip (reported
+        and counted the first time, None again afterwards): data.sample.collate drops it from its batch, so a
+        bad record is never replaced by another one."""
         if not 0 <= index < len(self.records):
             raise IndexError(f"[{self.name}] index {index} out of range for {len(self.records)} records")
-        for attempt in range(len(self.records)):
-            record = self.records[(index + attempt) % len(self.records)]
-            try:
-                return self._sample(record)
-            except DataError as error:
-                self.policy(str(error))  # stop: raises; skip: counted, try the next record
-        raise DataError(f"[{self.name}] no record could be loaded ({len(self.policy.skipped)} failed)")
+        if index in self.bad:
+            return None
+        try:
+            return self._sample(self.records[index])
+        except DataError as error:
+            self.policy(str(error))  # stop: raises; skip: reported and counted once (per loading process)
+            self.bad.add(index)
+            return None
 
     def _sample(self, record):
         image = self.read_image(record)

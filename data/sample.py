@@ -58,6 +58,9 @@ def collate(samples, one_block=True):
     block (views at 64-byte aligned offsets), so the worker hands the main process one block per batch
     instead of one per key: each block costs the main process a socket round trip to receive (2 workers
     from the phantom disk cache: about 1.5x the samples/s; `python -m benchmarks.loading`, README)."""
+    samples = [s for s in samples if s is not None]   # a record skipped by on_error=skip (data/io.RecordDataset)
+    if not samples:
+        raise DataError("every sample of this batch failed to load (data.on_error=skip); see the skipped lines above")
     plan = {}  # key -> ("stack" | "cat", values) or ("list", values)
     for key in samples[0]:
         values = [s[key] for s in samples]

@@ -199,7 +199,8 @@ def test_unreadable_image_is_never_fed_as_zeros(nih_real):
     with pytest.raises(DataError, match=r"cannot read image .*00000001_000.png \(.*Data_Entry_2017.csv line 2\)"):
         dataset[0]
     skipping = NihDataset(nih_real, split="all", on_error="skip")
-    sample = skipping[0]  # the bad record is reported and the next one is returned
+    assert skipping[0] is None     # the bad record is reported and dropped (collate leaves it out), not replaced
+    sample = skipping[1]
     assert sample["id"] == "00027426_000" and sample["image"].abs().sum() > 0
     assert len(skipping.policy.skipped) == 1
     checked = NihDataset(nih_real, split="all", on_error="skip", check_images=True)

@@ -271,7 +271,8 @@ def test_mimic_report_txt_not_utf8(tmp_path, phantoms):
     insert_bad_byte(report, 6, after=b" ")  # the findings line
     one_error(lambda: dataset[0], report.name, "not UTF-8 at line 6 (byte 0xe9)")
     skipping = MimicCxrDataset(tmp_path, split="all", on_error="skip")
-    assert skipping[0]["id"] == skipping.records[1]["id"] and len(skipping.policy.skipped) == 1
+    assert skipping[0] is None and skipping[1]["id"] == skipping.records[1]["id"]   # dropped, not replaced
+    assert len(skipping.policy.skipped) == 1
     # the master-JSONL builder reads the same report: one DataError naming it
     one_error(lambda: build_master_jsonl(tmp_path, out=tmp_path / "master.jsonl"),
               report.name, "not UTF-8 at line 6")
@@ -337,3 +338,24 @@ def test_clean_files_read_as_before(tmp_path, phantoms):
     dataset = IUXrayDataset(tmp_path, split="all", on_error="skip")
     assert len(dataset) == len(phantoms) and not dataset.policy.skipped
     assert isinstance(dataset[0]["image"], torch.Tensor)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# skip that skips: a record that fails while loading is dropped from its batch, never replaced
+
+def test_skip_drops_a_bad_record_from_its_batch_and_reports_it_once(phantoms, tmp_path, capsys):
+    from data.loader import epoch_loader
+    written = write_nih(tmp_path, phantoms)
+    dataset = NihDataset(tmp_path, split="all", on_error="skip")          # no up-front image check
+    bad = dataset.records[2]
+    bad["image_path"].unlink()
+    assert dataset[2] is None and dataset[2] is None                       # the same record, not the next one
+    assert len(dataset.policy.skipped) == 1 and capsys.readouterr().out.count(str(bad["image_path"])) == 1
+    ids = [i for epoch in range(2) for batch in epoch_loader(dataset, 4, 0, epoch, shuffle=False, drop_last=False)
+           for i in batch["id"]]
+    expected = [r["id"] for r in dataset.records if r is not bad]
+    assert sorted(ids) == sorted(expected * 2) and len(expected) == len(dataset) - 1 == len(written["images"]) - 1
+    assert len(dataset.policy.skipped) == 1                                # listed once, not once per epoch
+    stopping = NihDataset(tmp_path, split="all", on_error="stop")
+    with pytest.raises(DataError, match=re.escape(str(bad["image_path"]))):
+        stopping[2]
