@@ -199,7 +199,9 @@ def compare(argv, seeds, out_dir, jobs=1):
         return out_dir / f"arm{index}-seed{seed}"
 
     def arm_argv(index, seed):
-        return argv + ["--out", str(run_dir_of(index, seed)), *COMPARE_ARMS[index][1], f"train.seed={seed}"]
+        last = run_dir_of(index, seed) / "last.pt"        # an interrupted arm continues where it stopped
+        return argv + ["--out", str(run_dir_of(index, seed)), *(["--resume", str(last)] if last.exists() else []),
+                       *COMPARE_ARMS[index][1], f"train.seed={seed}"]
 
     if jobs > 1:
         script = str(Path(__file__).resolve())

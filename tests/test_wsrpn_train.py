@@ -126,7 +126,7 @@ def test_compare_aggregates_mean_and_std_over_seeds(tmp_path, monkeypatch):
         seed = int(next(a for a in argv if a.startswith("train.seed=")).split("=")[1])
         calls.append(argv)
         import pathlib
-        pathlib.Path(out).mkdir(parents=True)
+        pathlib.Path(out).mkdir(parents=True, exist_ok=True)
         (pathlib.Path(out) / "metrics.json").write_text(json.dumps({"rodeo/total": 0.3 + 0.1 * text_on + 0.02 * seed}))
 
     monkeypatch.setattr(train_wsrpn_vl, "main", fake_main)
@@ -136,6 +136,11 @@ def test_compare_aggregates_mean_and_std_over_seeds(tmp_path, monkeypatch):
     assert "0.410 ± 0.014" in (tmp_path / "comparison.md").read_text()  # sample std of (0.40, 0.42)
     train_wsrpn_vl.compare(["--config", "x.yaml"], 2, tmp_path)  # finished runs are reused, not rerun
     assert len(calls) == 2 * len(train_wsrpn_vl.COMPARE_ARMS)
+    interrupted = tmp_path / "arm0-seed1"                         # killed after a checkpoint, before its test
+    (interrupted / "metrics.json").unlink()
+    (interrupted / "last.pt").write_bytes(b"checkpoint")
+    train_wsrpn_vl.compare(["--config", "x.yaml"], 2, tmp_path)
+    assert calls[-1][calls[-1].index("--resume") + 1] == str(interrupted / "last.pt")    # continued, not refused
 
 
 def test_compare_jobs_runs_separate_processes_at_most_jobs_at_once(tmp_path, monkeypatch):
