@@ -279,7 +279,9 @@ def test_r2gen_split_is_also_scored_under_r2gens_protocol(tmp_path):
     train = [e["report"] for e in annotation["train"]]
     counts = Counter(t for r in train for t in r2gen_normalize(r).split())
     words = {t for t, c in counts.items() if c >= 3}
-    assert metrics["r2gen/vocabulary_size"] == len(words) + 1 and metrics["r2gen/pairs_scored"] == 4
+    assert metrics["r2gen/vocabulary_size"] == len(words) + 1      # (a 1-step model may write an empty report:
+    assert metrics["r2gen/pairs_scored"] + metrics["r2gen/pairs_skipped"] == 4    # skipped and counted)
+    assert metrics["r2gen/template_frequent/pairs_scored"] == 4
 
     def r2gen(text, cut=None):
         tokens = [t if t in words else "<unk>" for t in r2gen_normalize(text).split()]
