@@ -242,13 +242,15 @@ def validation_loss(model, dataset, cfg, tokenizer, device, ctx, phase):
     return {f"val/{k}": v / max(count, 1) for k, v in sums.items()}
 
 
-def train_reports_of(cfg, raw=False):
-    """The training split's reports (template baselines); raw=True: the R2Gen file's own strings (its protocol)."""
+def train_reports_of(cfg):
+    """The training split's reports (template baselines) and, on the R2Gen split, the file's own strings (its
+    scoring protocol; else None), from one build of the training split."""
     dataset = build_dataset(cfg, "train", transform_train=False)
     if hasattr(dataset, "records"):
-        return [r["raw_report" if raw else "report"] for r in dataset.records]
+        raw = [r["raw_report"] for r in dataset.records] if cfg.data.source == "iu_xray_r2gen" else None
+        return [r["report"] for r in dataset.records], raw
     from data.phantom import make_chest_phantom
-    return [make_chest_phantom(dataset.seed, dataset.start_index + i, 64)["report"] for i in range(len(dataset))]
+    return [make_chest_phantom(dataset.seed, dataset.start_index + i, 64)["report"] for i in range(len(dataset))], None
 
 
 def evaluate_checkpoint(checkpoint, args):
@@ -259,11 +261,11 @@ def evaluate_checkpoint(checkpoint, args):
     out_dir = Path(getattr(args, "out_dir", None) or ".")
     if getattr(args, "images", None):
         return evals.chexquery.predict_user_images(model, cfg, args.images, out_dir, device, ctx, tokenizer=tokenizer)
+    train_reports, raw_train_reports = train_reports_of(cfg)
     return evals.chexquery.evaluate(model, build_dataset(cfg, args.split), cfg, device, ctx, "",
                                     getattr(args, "visualize", 0), out_dir, getattr(args, "bootstrap", 0),
-                                    tokenizer=tokenizer, targets_of=aux_targets, train_reports=train_reports_of(cfg),
-                                    split=args.split, r2gen_train_reports=train_reports_of(cfg, raw=True)
-                                    if cfg.data.source == "iu_xray_r2gen" else None)
+                                    tokenizer=tokenizer, targets_of=aux_targets, train_reports=train_reports,
+                                    split=args.split, r2gen_train_reports=raw_train_reports)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -89,13 +89,18 @@ class Config(dict):
         return plain(self)
 
 
+def flat_items(tree, prefix=""):
+    """{'a': {'b': 1}} -> ('a.b', 1), ...: every leaf by its dotted name (an empty dict is a leaf)."""
+    for k, v in (tree or {}).items():
+        if isinstance(v, dict) and v:
+            yield from flat_items(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
 def flat_keys(tree, prefix=""):
     """{'a': {'b': 1}} -> ['a.b'] (dotted names of every leaf, for errors and overrides)."""
-    keys = []
-    for k, v in tree.items():
-        name = f"{prefix}{k}"
-        keys += flat_keys(v, name + ".") if isinstance(v, dict) and v else [name]
-    return keys
+    return [name for name, _ in flat_items(tree, prefix)]
 
 
 def _read_yaml(path):
@@ -181,7 +186,7 @@ NON_NEGATIVE_KEYS = ("*eval_interval", "*stop_after_steps", "*warmup_steps", "*n
 def check_values(cfg, source="config"):
     """One ConfigError naming the key for a null / 0 / negative value where the loops need a positive number
     (a ZeroDivisionError or TypeError deep in a run otherwise)."""
-    for key, value in _flatten(cfg.to_dict() if isinstance(cfg, Config) else cfg):
+    for key, value in flat_items(cfg.to_dict() if isinstance(cfg, Config) else cfg):
         for patterns, ok, expected in ((POSITIVE_KEYS, lambda v: v > 0, "a number > 0"),
                                        (NON_NEGATIVE_KEYS, lambda v: v >= 0, "a number >= 0")):
             if any(fnmatch.fnmatchcase(key, p) for p in patterns):
@@ -510,9 +515,10 @@ def write_tokenizer_files(files, directory):
 def save_checkpoint(path, model, optimizer, scaler, step, epoch, phase, best_metric, config,
                     tokenizer=None, **extra):
     """One dict with everything a resume needs, written atomically to `path`; never non-finite weights."""
-    check_weights(model, step, path)
+    state = unwrap(model).state_dict()
+    check_weights(state, step, path)
     ckpt = {
-        "model": unwrap(model).state_dict(),
+        "model": state,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "step": step, "epoch": epoch, "phase": phase, "best_metric": best_metric,
@@ -546,17 +552,10 @@ def load_weights(model, checkpoint, path="checkpoint", strict=True):
 
 
 def config_changes(old, new, allowed=("train.", "eval.", "generation.")):
-    """Keys whose value differs between a checkpoint's config and this run's, outside `allowed` prefixes."""
-    old, new = dict(_flatten(old)), dict(_flatten(new))
-    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(allowed)]
-
-
-def _flatten(tree, prefix=""):
-    for key, value in (tree or {}).items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
+    """[(key, old value, new value)] where a checkpoint's config and this run's differ, outside `allowed`."""
+    old, new = dict(flat_items(old)), dict(flat_items(new))
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and not k.startswith(allowed)]
 
 
 def load_checkpoint(path, model=None, optimizer=None, scaler=None, restore_rng=True, strict=True, config=None):
@@ -574,8 +573,8 @@ def load_checkpoint(path, model=None, optimizer=None, scaler=None, restore_rng=T
         changed = config_changes(ckpt["config"], current)
         if changed:
             print(f"resuming {path} with a changed config: " + ", ".join(
-                f"{k} {dict(_flatten(ckpt['config'])).get(k)!r} -> {dict(_flatten(current)).get(k)!r}"
-                for k in changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""))
+                f"{k} {old!r} -> {new!r}" for k, old, new in changed[:6]) +
+                (f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""))
     if model is not None:
         result = load_weights(model, ckpt, path, strict=strict)
         if not strict and (result.missing_keys or result.unexpected_keys):
@@ -618,10 +617,9 @@ def check_gradient(grad_norm, scaler, step):
                         f"left untouched.")
 
 
-def check_weights(model, step, path=None):
-    """Raise NonFiniteLoss when any floating tensor of the model's state holds NaN or inf (before a save)."""
-    bad = [name for name, t in unwrap(model).state_dict().items()
-           if t.is_floating_point() and not torch.isfinite(t).all()]
+def check_weights(state, step, path=None):
+    """Raise NonFiniteLoss when any floating tensor of a model's state dict holds NaN or inf (before a save)."""
+    bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         where = f"; {path} was not written" if path else ""
         raise NonFiniteLoss(f"non-finite weights after step {step} in {len(bad)} tensors ({', '.join(bad[:3])}"

@@ -288,22 +288,30 @@ def evaluate_loss(model, make_batch, num_items, batch_size, seed=1234):
 # --------------------------------------------------------------------------------------------------
 # builders
 
-def build_bert_mlm(out_dir, corpus, held_out, steps=400, seed=0, progress=None):
-    torch.manual_seed(seed)
-    tokenizer = train_wordpiece_tokenizer(corpus["reports"])
-    check_vocab_fits(tokenizer, BERT_VOCAB_SIZE, "tiny-hub/bert-mlm")
-    model, twin = BertForMaskedLM(bert_config()), BertForMaskedLM(bert_config())
-
+def pretrain_text_model(out_dir, model, twin, tokenizer, make_batch, objective, corpus, held_out, steps, seed,
+                        progress):
+    """The text stand-ins' shared recipe: held-out loss of a random twin and of the model, `steps` steps on the
+    corpus reports, held-out loss again, then model + tokenizer saved with save_pretrained.
+    make_batch(tokenizer, reports, generator) -> model keyword arguments (with labels)."""
     def batches(data):
-        return lambda idx, gen: mlm_batch(tokenizer, [data["reports"][i] for i in idx], gen)
+        return lambda idx, gen: make_batch(tokenizer, [data["reports"][i] for i in idx], gen)
     loss_twin = evaluate_loss(twin, batches(held_out), len(held_out["reports"]), 32)
     loss_before = evaluate_loss(model, batches(held_out), len(held_out["reports"]), 32)
     train_steps(model, batches(corpus), len(corpus["reports"]), steps, 32, 2e-3, seed, progress)
     loss_after = evaluate_loss(model, batches(held_out), len(held_out["reports"]), 32)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    return dict(objective="masked-LM cross-entropy", random_twin=loss_twin, before=loss_before,
-                after=loss_after, vocab=len(tokenizer)), model
+    return dict(objective=objective, random_twin=loss_twin, before=loss_before, after=loss_after,
+                vocab=len(tokenizer)), model
+
+
+def build_bert_mlm(out_dir, corpus, held_out, steps=400, seed=0, progress=None):
+    torch.manual_seed(seed)
+    tokenizer = train_wordpiece_tokenizer(corpus["reports"])
+    check_vocab_fits(tokenizer, BERT_VOCAB_SIZE, "tiny-hub/bert-mlm")
+    model, twin = BertForMaskedLM(bert_config()), BertForMaskedLM(bert_config())
+    return pretrain_text_model(out_dir, model, twin, tokenizer, mlm_batch, "masked-LM cross-entropy", corpus,
+                               held_out, steps, seed, progress)
 
 
 def build_t5_span(out_dir, corpus, held_out, steps=400, seed=0, progress=None):
@@ -311,17 +319,8 @@ def build_t5_span(out_dir, corpus, held_out, steps=400, seed=0, progress=None):
     tokenizer = counted_unigram_tokenizer(corpus["reports"], T5_VOCAB_SIZE, T5_SENTINELS, TEXT_MAX_LENGTH)
     check_vocab_fits(tokenizer, T5_VOCAB_SIZE, "tiny-hub/t5-span")
     model, twin = T5ForConditionalGeneration(t5_config()), T5ForConditionalGeneration(t5_config())
-
-    def batches(data):
-        return lambda idx, gen: span_corruption_batch(tokenizer, [data["reports"][i] for i in idx], gen)
-    loss_twin = evaluate_loss(twin, batches(held_out), len(held_out["reports"]), 32)
-    loss_before = evaluate_loss(model, batches(held_out), len(held_out["reports"]), 32)
-    train_steps(model, batches(corpus), len(corpus["reports"]), steps, 32, 2e-3, seed, progress)
-    loss_after = evaluate_loss(model, batches(held_out), len(held_out["reports"]), 32)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return dict(objective="span-corruption cross-entropy", random_twin=loss_twin, before=loss_before,
-                after=loss_after, vocab=len(tokenizer)), model
+    return pretrain_text_model(out_dir, model, twin, tokenizer, span_corruption_batch,
+                               "span-corruption cross-entropy", corpus, held_out, steps, seed, progress)
 
 
 def new_siglip(image_size):
