@@ -275,6 +275,25 @@ TEST_LINE = ["bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "meteor", "cider", 
              "chexbert/micro_f1_5", "clinical_rule/micro_f1", "r2gen/bleu4", "aux/auroc/macro", "eval_seconds"]
 
 
+def micro_step(model, batch, scaler, ctx, cfg, p, accum, tokenizer, prompt, device, step, micro):
+    """Forward and backward of micro-batch `micro` of optimizer step `step`: teacher-forced report tokens (word
+    dropout when the phase asks), generation + auxiliary loss (seed 001 §6), loss / accum backward. `accum`
+    micro-batches then training.optimizer_step make one train step. -> (out, loss terms)"""
+    start_id = training.unwrap(model).text_decoder.model.config.decoder_start_token_id
+    images = batch["image"].to(device)                                                    # (B, 3, H, W)
+    ids, labels, mask = encode_targets(tokenizer, batch["report"], prompt, cfg.data.max_report_tokens, start_id)
+    if p.word_dropout:  # one generator per micro-batch: a resumed run draws the same masks
+        draw = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 1_009 + micro)
+        ids = word_dropout(ids, labels, p.word_dropout, tokenizer.unk_token_id, draw)
+    with ctx:
+        out = model(images, ids.to(device), mask.to(device))                             # logits (B, T, W)
+        terms = chexquery_losses(out, labels.to(device), aux_targets(batch, cfg).to(device),
+                                 p.lambda_gen, p.lambda_aux, p.label_smoothing)
+    training.check_finite(terms, step)
+    scaler.scale(terms["loss"] / accum).backward()
+    return out, terms
+
+
 def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     """Train phase 1, 2 or 3 into out_dir; returns the test metrics dict (or {} when stopped early)."""
     out_dir = Path(out_dir)
@@ -305,7 +324,6 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     # model
     model = build_model(cfg).to(device)
     tokenizer = load_tokenizer_for(cfg)
-    start_id = model.text_decoder.model.config.decoder_start_token_id
 
     # phase freezing (seed 001 §6.1): printed table of trainable / frozen parameters per module
     print(f"phase {phase} trainable patterns: {trainable_patterns(model, phase)}")
@@ -353,28 +371,13 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
             model.train()
             lr = training.get_lr(step, p.lr, p.warmup_steps, total_steps, cfg.train.min_lr)
             training.set_lr(optimizer, lr)
-            images = batch["image"].to(device)                                                    # (B, 3, H, W)
-            ids, labels, mask = encode_targets(tokenizer, batch["report"], prompt, cfg.data.max_report_tokens, start_id)
-            if p.word_dropout:  # one generator per micro-batch: a resumed run draws the same masks
-                draw = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 1_009 + micro)
-                ids = word_dropout(ids, labels, p.word_dropout, tokenizer.unk_token_id, draw)
-            with ctx:
-                out = model(images, ids.to(device), mask.to(device))                             # logits (B, T, W)
-                terms = chexquery_losses(out, labels.to(device), aux_targets(batch, cfg).to(device),
-                                         p.lambda_gen, p.lambda_aux, p.label_smoothing)
-            training.check_finite(terms, step)
-            scaler.scale(terms["loss"] / accum).backward()
+            out, terms = micro_step(model, batch, scaler, ctx, cfg, p, accum, tokenizer, prompt, device, step, micro)
             micro += 1
             if micro % accum:
                 compute_s += time.time() - fetched
                 ready = time.time()
                 continue
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
-            training.check_gradient(grad_norm, scaler, step)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = training.optimizer_step(optimizer, scaler, trainable, cfg.train.grad_clip, step)
             step += 1
             progress.update(1)
             compute_s += time.time() - fetched

@@ -193,6 +193,40 @@ def validation_metric(predictions, stage):
 # ----------------------------------------------------------------------------------------------------------
 # one stage
 
+def train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, stage, pos_weight, grid, device, step):
+    """One optimizer step of a stage. batch: images (stage 1, or 2-3 with augmentation) or the backbone's cached
+    features (stages 2-3, train.cache_features). Stage 1: alpha * classification + beta * localization (seed 002
+    §5b); stage 2: SoftTriple on the concept vectors of present concepts; stage 3: the disease head's loss.
+    -> (out, loss, terms, gradient norm)"""
+    task_head = cfg.stage3.task_head
+    bare = training.unwrap(model)
+    concepts_gt = batch["concepts"].to(device)                                    # (B, K)
+    with ctx:
+        if "features" not in batch:
+            images = batch["image"].to(device)                                    # (B, 3, H, W)
+            out = model(images, stage=stage, task_head=task_head)
+        else:
+            out = bare.heads(batch["features"].to(device), stage=stage, task_head=task_head)  # (B, D, h, w)
+        if stage == 1:
+            inside_mask, has_box = batch_box_masks(batch, cfg.data.dataset, len(VINDR_CONCEPTS), images.shape[-2:],
+                                                   grid, cfg.data.box_min_fraction)
+            terms = bbox_guided_concept_loss(out["cams"].float(), concepts_gt, inside_mask.to(device),
+                                             has_box.to(device), pos_weight, cfg.loss.localization_margin)
+            loss = cfg.loss.alpha * terms["classification_loss"] + cfg.loss.beta * terms["localization_loss"]
+        elif stage == 2:
+            terms = soft_triple_loss(out["concept_vectors"].float(), out["prototypes_unit"].float(),
+                                     concepts_gt, cfg.loss.softtriple_la, cfg.loss.softtriple_gamma,
+                                     cfg.loss.softtriple_margin)
+            loss = terms["softtriple_loss"]
+        else:
+            terms = disease_loss(out["disease_logits"].float(), batch["diseases"].to(device), pos_weight)
+            loss = terms["disease_loss"]
+    training.check_finite({"loss": loss, **terms}, step)
+    scaler.scale(loss).backward()
+    grad_norm = training.optimizer_step(optimizer, scaler, trainable, cfg.train.grad_clip, step)
+    return out, loss, terms, grad_norm
+
+
 def stage_datasets(cfg):
     """{"train", "val"} datasets of cfg; runs of one process pass them to each stage, so the phantoms are
     generated (and cached) once, not once per stage."""
@@ -210,7 +244,6 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
         torch.set_num_threads(cfg.train.num_threads)
     device, ctx, scaler, dtype = training.setup_device(cfg.train.device, cfg.train.dtype)
     training.seed_everything(cfg.train.seed)
-    source = cfg.data.dataset
     stage_cfg = cfg[f"stage{stage}"]
     task_head = cfg.stage3.task_head
 
@@ -286,35 +319,8 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
             model.train()
             lr = training.get_lr(step, stage_cfg.lr, cfg.train.warmup_steps, total_steps, cfg.train.min_lr)
             training.set_lr(optimizer, lr)
-            concepts_gt = batch["concepts"].to(device)                                # (B, K)
-            with ctx:
-                if table is None:
-                    images = batch["image"].to(device)                                # (B, 3, H, W)
-                    out = model(images, stage=stage, task_head=task_head)
-                else:
-                    out = model.heads(batch["features"].to(device), stage=stage, task_head=task_head)  # (B, D, h, w)
-                if stage == 1:   # seed 002 §5b: alpha * classification + beta * localization
-                    inside_mask, has_box = batch_box_masks(batch, source, len(VINDR_CONCEPTS), images.shape[-2:],
-                                                           grid, cfg.data.box_min_fraction)
-                    terms = bbox_guided_concept_loss(out["cams"].float(), concepts_gt, inside_mask.to(device),
-                                                     has_box.to(device), pos_weight, cfg.loss.localization_margin)
-                    loss = cfg.loss.alpha * terms["classification_loss"] + cfg.loss.beta * terms["localization_loss"]
-                elif stage == 2:  # SoftTriple on the concept vectors of present concepts
-                    terms = soft_triple_loss(out["concept_vectors"].float(), out["prototypes_unit"].float(),
-                                             concepts_gt, cfg.loss.softtriple_la, cfg.loss.softtriple_gamma,
-                                             cfg.loss.softtriple_margin)
-                    loss = terms["softtriple_loss"]
-                else:             # disease head
-                    terms = disease_loss(out["disease_logits"].float(), batch["diseases"].to(device), pos_weight)
-                    loss = terms["disease_loss"]
-            training.check_finite({"loss": loss, **terms}, step)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
-            training.check_gradient(grad_norm, scaler, step)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            _, loss, terms, grad_norm = train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, stage,
+                                                     pos_weight, grid, device, step)
             step += 1
             progress.update(1)
             if step % cfg.train.log_interval == 0 or step == 1:

@@ -81,6 +81,19 @@ def run_model(model, batch, device, use_local=True, use_ib=True):
     return evals.patch_ib.run_model(model, batch["image"], batch["report"], device, use_local, use_ib)
 
 
+def train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, phase, device, step):
+    """One optimizer step of a phase: forward under autocast, the seed-004 loss terms, backward, clip, step.
+    -> (model outputs, loss terms, gradient norm)"""
+    with ctx:
+        out = run_model(model, batch, device, phase.use_local, phase.use_ib)
+        terms = patch_ib_losses(out, dict(cfg.loss))
+    training.check_finite(terms, step)
+    scaler.scale(terms["loss"]).backward()
+    grad_norm = training.optimizer_step(optimizer, scaler, trainable, cfg.train.grad_clip, step)
+    training.unwrap(model).clamp_logit_scale()
+    return out, terms, grad_norm
+
+
 def validation_loss(model, dataset, cfg, device, ctx):
     """global InfoNCE over the whole val set (one batch of N x N), the best.pt criterion"""
     e = evals.patch_ib.embed_dataset(model, dataset, cfg.train.batch_size, device, ctx, cfg.data.num_workers)
@@ -174,18 +187,8 @@ def train(cfg, out_dir, resume=None):
                 model.train()
                 lr = training.get_lr(step - start, phase.lr, cfg.train.warmup_steps, phase.steps, cfg.train.min_lr)
                 training.set_lr(optimizer, lr)
-                with ctx:
-                    out = run_model(model, batch, device, phase.use_local, phase.use_ib)
-                    terms = patch_ib_losses(out, dict(cfg.loss))
-                training.check_finite(terms, step)
-                scaler.scale(terms["loss"]).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
-                training.check_gradient(grad_norm, scaler, step)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                model.clamp_logit_scale()
+                out, terms, grad_norm = train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, phase,
+                                                   device, step)
                 step += 1
                 progress.update(1)
                 if step % cfg.train.log_interval == 0 or step == 1:

@@ -103,6 +103,22 @@ def evaluate_checkpoint(checkpoint, args):
 # ----------------------------------------------------------------------------------------------------------
 # one run
 
+def train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, device, step):
+    """One optimizer step: forward under autocast, cross-entropy + CLIP alignment (+ token-level) terms, backward,
+    clip, step, then the logit scale clamped to [0, ln 100] as open_clip does. -> (out, terms, gradient norm)"""
+    video = batch["video"].to(device)                                     # (B, 3, T, H, W)
+    attn_map = batch["attn_map"].to(device)                               # (B, A, T, H, W)
+    labels = batch["label"].to(device)                                    # (B,)
+    with ctx:
+        out = model(video, attn_map)
+        terms = video_clip_losses(out, labels, cfg.loss.clip_weight, cfg.model.lambda_token)
+    training.check_finite(terms, step)
+    scaler.scale(terms["loss"]).backward()
+    grad_norm = training.optimizer_step(optimizer, scaler, trainable, cfg.train.grad_clip, step)
+    training.unwrap(model).clamp_logit_scale()
+    return out, terms, grad_norm
+
+
 def train(cfg, out_dir, resume=None):
     """Train one configuration into out_dir; returns the test metrics dict."""
     out_dir = Path(out_dir)
@@ -154,22 +170,7 @@ def train(cfg, out_dir, resume=None):
             model.train()
             lr = training.get_lr(step, cfg.train.lr, cfg.train.warmup_steps, total_steps, cfg.train.min_lr)
             training.set_lr(optimizer, lr)
-            video = batch["video"].to(device)                                     # (B, 3, T, H, W)
-            attn_map = batch["attn_map"].to(device)                               # (B, A, T, H, W)
-            labels = batch["label"].to(device)                                    # (B,)
-            with ctx:
-                out = model(video, attn_map)
-                terms = video_clip_losses(out, labels, cfg.loss.clip_weight, cfg.model.lambda_token)
-            loss = terms["loss"]
-            training.check_finite(terms, step)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
-            training.check_gradient(grad_norm, scaler, step)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            model.clamp_logit_scale()                                             # open_clip: [0, ln 100]
+            out, terms, grad_norm = train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, device, step)
             step += 1
             progress.update(1)
             if step % cfg.train.log_interval == 0 or step == 1:

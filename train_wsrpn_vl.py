@@ -152,6 +152,26 @@ def loss_terms(model, out, labels, captions, weights, cfg, text_encoder, contras
     return terms, stats
 
 
+def train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, weights, text_encoder, contrastive_loss, device,
+               step):
+    """One optimizer step: n_views augmented views per image, forward under autocast, the phase's weighted loss
+    terms, backward, clip, step (fp16's scaler skips inf steps itself). -> (out, loss, terms, stats, grad norm)"""
+    n_views = cfg.train.n_views
+    images = augment_views(batch["image"], n_views).to(device)                  # (B * V, 3, H, W)
+    labels = batch["labels"].repeat_interleave(n_views, dim=0).to(device)       # (B * V, C)
+    captions = [c for c in batch["caption"] for _ in range(n_views)]
+    with ctx:
+        out = model(images)
+        terms, stats = loss_terms(training.unwrap(model), out, labels, captions, weights, cfg, text_encoder,
+                                  contrastive_loss)
+    loss = sum(weights[k] * terms[k] for k in ("detection", "contrastive", "consistency", "gaussian_entropy",
+                                               "gaussian_scale") if k in terms)
+    training.check_finite({"loss": loss, **terms}, step)
+    scaler.scale(loss).backward()
+    grad_norm = training.optimizer_step(optimizer, scaler, trainable, cfg.train.grad_clip, step)
+    return out, loss, terms, stats, grad_norm
+
+
 # ----------------------------------------------------------------------------------------------------------
 # evaluation (evals/wsrpn_vl.py; evaluate.py calls evaluate_checkpoint, the run's final test too)
 
@@ -313,22 +333,8 @@ def main(argv=None):
             started = time.perf_counter()  # data_s: waiting for this batch; s_per_step: the step itself
             lr = training.get_lr(step, t.lr, t.warmup_steps, total_steps, t.min_lr)
             training.set_lr(optimizer, lr)
-            images = augment_views(batch["image"], t.n_views).to(device)  # (B * V, 3, H, W)
-            labels = batch["labels"].repeat_interleave(t.n_views, dim=0).to(device)  # (B * V, C)
-            captions = [c for c in batch["caption"] for _ in range(t.n_views)]
-            with ctx:
-                out = model(images)
-                terms, stats = loss_terms(model, out, labels, captions, weights, cfg, text_encoder, contrastive_loss)
-            loss = sum(weights[k] * terms[k] for k in ("detection", "contrastive", "consistency", "gaussian_entropy",
-                                                       "gaussian_scale") if k in terms)
-            training.check_finite({"loss": loss, **terms}, step)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip)
-            training.check_gradient(grad_norm, scaler, step)   # fp16's scaler skips inf steps itself
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            out, loss, terms, stats, grad_norm = train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, weights,
+                                                            text_encoder, contrastive_loss, device, step)
             step += 1
             logger.log(echo=step % t.log_interval == 0, step=step, epoch=epoch, phase=weights["phase"],
                        **{f"weight/{k}": v for k, v in weights.items() if k != "phase"},

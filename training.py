@@ -617,6 +617,18 @@ def check_gradient(grad_norm, scaler, step):
                         f"left untouched.")
 
 
+def optimizer_step(optimizer, scaler, params, grad_clip, step):
+    """The end of every training step after backward: unscale, clip the gradient norm of `params` to grad_clip,
+    stop on a non-finite norm (check_gradient), step, update the scaler, zero the gradients. -> grad norm."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    check_gradient(grad_norm, scaler, step)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def check_weights(state, step, path=None):
     """Raise NonFiniteLoss when any floating tensor of a model's state dict holds NaN or inf (before a save)."""
     bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
