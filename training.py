@@ -398,12 +398,13 @@ def param_groups(model, weight_decay, no_weight_decay=(), lr_scales=None, verbos
     return out
 
 
-def build_optimizer(model, lr, weight_decay, betas=(0.9, 0.999), no_weight_decay=(), lr_scales=None):
-    """AdamW over the trainable parameters only; call it after set_trainable, again at each phase."""
+def build_optimizer(model, lr, weight_decay, betas=(0.9, 0.999), no_weight_decay=(), lr_scales=None, fused=None):
+    """AdamW over the trainable parameters only; call it after set_trainable, again at each phase. fused=True:
+    torch's fused CUDA kernel (one launch for all parameters; CUDA only)."""
     groups = param_groups(model, weight_decay, no_weight_decay, lr_scales)
     for g in groups:
         g.pop("names")
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
 
 
 def get_lr(step, lr, warmup_steps, total_steps, min_lr=0.0):

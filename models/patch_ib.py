@@ -52,6 +52,7 @@ VARIANTS = {  # model.variant -> switches
 class PatchIBConfig:
     variant: str = "C"                  # A | B | C | D | E (VARIANTS)
     tower: str = "tiny"                 # tiny | biomedclip
+    pretrained: bool = True             # False (biomedclip): BiomedCLIP-shaped towers, random weights, offline
     image_tower: str = "tiny-hub/siglip"
     text_tower: str = "tiny-hub/bert-mlm"
     image_size: int = 96
@@ -94,7 +95,7 @@ class PatchIB(nn.Module):
             raise ValueError(f"model.variant must be one of {sorted(VARIANTS)}, got {cfg.variant!r}")
         self.cfg, self.switches = cfg, VARIANTS[cfg.variant]
         self.image_tower, self.text_tower = build_towers(cfg.tower, cfg.image_tower, cfg.text_tower,
-                                                         cfg.image_size, cfg.max_text_length)
+                                                         cfg.image_size, cfg.max_text_length, cfg.pretrained)
         dv, dt = self.image_tower.width, self.text_tower.width
         self.grid = self.image_tower.grid
         self.num_patches = self.grid * self.grid

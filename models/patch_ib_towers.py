@@ -137,12 +137,46 @@ class BiomedClipTextTower(nn.Module):
         return tokens, tokens[:, 0]                                                 # (B, L, Dt), (B, Dt)
 
 
-def build_towers(tower, image_name, text_name, image_size, max_length):
-    """-> (image tower, text tower) for model.tower = tiny | biomedclip."""
+class PaddedTokenizer:
+    """open_clip's tokenizer interface over a transformers tokenizer: (texts, context_length) -> (B, L) ids,
+    padded to context_length as open_clip pads; `.tokenizer` is the transformers tokenizer."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts, context_length):
+        return self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=context_length,
+                              return_tensors="pt")["input_ids"]
+
+
+class RandomBiomedClipTowers:
+    """BiomedCLIP's two towers with random weights and nothing downloaded (`model.pretrained=false`: shape checks,
+    the step benchmark): timm's vit_base_patch16_224 without pooling or classifier (BiomedCLIP's trunk) and a
+    BERT-base-shaped encoder (transformers' BertConfig defaults: 12 layers, width 768, 30,522-token vocabulary),
+    the tiny hub's WordPiece tokenizer padding to the context length. The same attributes as open_clip's model."""
+
+    def __init__(self):
+        import timm
+        from transformers import AutoTokenizer, BertConfig, BertModel
+        from hub.pretrained import load_hf
+        trunk = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, global_pool="")
+        self.model = nn.Module()
+        self.model.visual, self.model.text = nn.Module(), nn.Module()
+        self.model.visual.trunk = trunk
+        self.model.text.transformer = BertModel(BertConfig())
+        self.tokenizer = PaddedTokenizer(load_hf(AutoTokenizer, "tiny-hub/bert-mlm", system="patch_ib"))
+
+
+def build_towers(tower, image_name, text_name, image_size, max_length, pretrained=True):
+    """-> (image tower, text tower) for model.tower = tiny | biomedclip; pretrained=False: biomedclip's shapes with
+    random weights, offline."""
     if tower == "tiny":
+        if not pretrained:
+            raise ValueError("model.pretrained=false builds the paper towers (model.tower=biomedclip) with random "
+                             "weights; the tiny towers always load tiny-hub models")
         return TinyImageTower(image_name, image_size), TinyTextTower(text_name, max_length)
     if tower == "biomedclip":
-        towers = BiomedClipTowers(image_name)
+        towers = BiomedClipTowers(image_name) if pretrained else RandomBiomedClipTowers()
         if image_size != 224:
             raise ValueError(f"model.tower=biomedclip takes 224-px images, got data.image_size={image_size}")
         return BiomedClipImageTower(towers), BiomedClipTextTower(towers, max_length)
