@@ -10,6 +10,7 @@ Commands (run from the repository root):
     python train_chexquery.py --phase 3 --resume runs/chexquery/p2/best.pt --out runs/chexquery/p3   # optional
     # paper scale (edit data.root first): IU X-ray frontal images, 70/15/15 by patient
     python train_chexquery.py --config configs/chexquery.yaml --phase 1
+    torchrun --nproc_per_node 4 train_chexquery.py --config configs/chexquery.yaml --phase 1   # 4 GPUs, same batches
     python train_chexquery.py --config configs/chexquery.yaml --phase 1 data.source=iu_xray_r2gen \
         data.annotation=/data/iu_xray/annotation.json data.root=/data/iu_xray/images      # R2Gen split
     # build the paper-size model without downloading and print the parameter table per phase
@@ -332,6 +333,7 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     # optimizer + scaler
     optimizer = training.build_optimizer(model, p.lr, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay(),
                                          lr_scales=lr_scales(p))
+    ddp_model = training.wrap_ddp(model, device)     # torchrun: DDP; the model itself in one process
 
     # resume: same phase -> exact continuation; earlier phase -> its weights, a fresh optimizer at step 0
     step, best_metric = 0, float("inf")
@@ -365,13 +367,16 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
         micro, data_s, compute_s = 0, 0.0, 0.0  # summed over the micro-batches of one optimizer step
         ready = time.time()
         for batch in epoch_loader(train_set, p.batch_size, cfg.train.seed, epoch, start_batch=start * accum,
-                                  num_workers=cfg.data.num_workers):
+                                  num_workers=cfg.data.num_workers, rank=training.rank(),
+                                  world_size=training.world_size()):
             fetched = time.time()  # data_s: waiting for batches; s_per_step: the step itself
             data_s += fetched - ready
             model.train()
             lr = training.get_lr(step, p.lr, p.warmup_steps, total_steps, cfg.train.min_lr)
             training.set_lr(optimizer, lr)
-            out, terms = micro_step(model, batch, scaler, ctx, cfg, p, accum, tokenizer, prompt, device, step, micro)
+            with training.gradient_sync(ddp_model, sync=(micro + 1) % accum == 0):   # torchrun: all-reduce once a step
+                out, terms = micro_step(ddp_model, batch, scaler, ctx, cfg, p, accum, tokenizer, prompt, device, step,
+                                        micro)
             micro += 1
             if micro % accum:
                 compute_s += time.time() - fetched
@@ -382,12 +387,12 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
             progress.update(1)
             compute_s += time.time() - fetched
             if step % cfg.train.log_interval == 0 or step == 1:
-                logger.log(step=step, phase=phase, **{k: float(v.detach()) for k, v in terms.items()},
-                           gate=float(out["gate"].detach().float().mean()), lr=lr, grad_norm=float(grad_norm),
+                logged = training.mean_over_ranks({**terms, "gate": out["gate"].float().mean()})   # over ranks
+                logger.log(step=step, phase=phase, **logged, lr=lr, grad_norm=float(grad_norm),
                            s_per_step=compute_s, data_s=data_s)
             data_s = compute_s = 0.0
             if step % eval_interval == 0 or step == total_steps:
-                metrics = validation_loss(model, val_set, cfg, tokenizer, device, ctx, phase)
+                metrics = training.run_on_main(validation_loss, model, val_set, cfg, tokenizer, device, ctx, phase)
                 logger.log(step=step, phase=phase, **metrics)
                 if metrics["val/generation"] < best_metric:
                     best_metric = metrics["val/generation"]
@@ -399,11 +404,11 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     progress.close()
     if step % eval_interval and step != total_steps:
         save("last.pt")
-    if not (out_dir / "best.pt").exists():
+    if not training.run_on_main((out_dir / "best.pt").exists):     # torchrun: every rank saves, or none
         save("best.pt")
 
-    # cleanup: final test evaluation of best.pt (a finished phase only)
-    if step < total_steps or not (cfg.eval.final_test and final_test):
+    # cleanup: final test evaluation of best.pt (a finished phase only), on rank 0
+    if step < total_steps or not (cfg.eval.final_test and final_test) or not training.is_main():
         return {}
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)
@@ -525,7 +530,8 @@ def main(argv=None):
         metrics = train_phase(cfg, phase, root / f"phase{phase}", resume, final_test=phase == phases[-1])
         resume = root / f"phase{phase}" / "best.pt"
     timing = {"wall_s": time.time() - wall, "cpu_s": time.process_time() - cpu}   # CPU: all threads of this process
-    (root / "time.json").write_text(json.dumps(timing))
+    if training.is_main():
+        (root / "time.json").write_text(json.dumps(timing))
     print(f"phases {args.phase}: {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU (final test evaluation included)")
     return metrics
 

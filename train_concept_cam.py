@@ -15,6 +15,7 @@ Commands (run from the repository root):
     python train_concept_cam.py --stage 1 --resume runs/concept_cam/s1/last.pt --out runs/concept_cam/s1
     # paper scale, one GPU: VinDr-CXR + MedMAE ViT-B/16 (edit data.root and model.backbone first)
     python train_concept_cam.py --config configs/concept_cam.yaml --out runs/concept_cam/paper
+    torchrun --nproc_per_node 4 train_concept_cam.py --config configs/concept_cam.yaml --out runs/concept_cam/paper4
     # evaluation of any stage's checkpoint (concept/disease AUROC, pointing game, IoU/IoBB, energy, PNGs)
     python evaluate.py runs/concept_cam/s3/best.pt --split test --visualize 8
     # the comparison table: stage 1 with / without box guidance, prototype vs linear disease head, 3 seeds
@@ -199,14 +200,13 @@ def train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, stage, pos_
     §5b); stage 2: SoftTriple on the concept vectors of present concepts; stage 3: the disease head's loss.
     -> (out, loss, terms, gradient norm)"""
     task_head = cfg.stage3.task_head
-    bare = training.unwrap(model)
     concepts_gt = batch["concepts"].to(device)                                    # (B, K)
     with ctx:
         if "features" not in batch:
             images = batch["image"].to(device)                                    # (B, 3, H, W)
             out = model(images, stage=stage, task_head=task_head)
         else:
-            out = bare.heads(batch["features"].to(device), stage=stage, task_head=task_head)  # (B, D, h, w)
+            out = model(features=batch["features"].to(device), stage=stage, task_head=task_head)  # (B, D, h, w)
         if stage == 1:
             inside_mask, has_box = batch_box_masks(batch, cfg.data.dataset, len(VINDR_CONCEPTS), images.shape[-2:],
                                                    grid, cfg.data.box_min_fraction)
@@ -276,6 +276,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     lr_scales = {"backbone.*": stage_cfg.backbone_lr_scale} if stage == 1 else None
     optimizer = training.build_optimizer(model, stage_cfg.lr, cfg.train.weight_decay,
                                          no_weight_decay=model.no_weight_decay(), lr_scales=lr_scales)
+    ddp_model = training.wrap_ddp(model, device)     # torchrun: DDP of this stage (after its freezing)
 
     # resume (same stage: optimizer, scaler, step, RNG)
     step, best_metric = 0, float("-inf")
@@ -307,10 +308,11 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     progress = tqdm(total=total_steps, initial=step, desc=f"stage {stage}", dynamic_ncols=True, disable=None)
     while step < min(total_steps, stop_at):
         epoch, start_batch = divmod(step, steps_per_epoch)
-        loader = (table_batches(table, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch)
+        shard = {"rank": training.rank(), "world_size": training.world_size()}   # torchrun: this rank's slice
+        loader = (table_batches(table, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch, **shard)
                   if table is not None else
                   epoch_loader(train_set, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch,
-                               num_workers=cfg.data.num_workers))
+                               num_workers=cfg.data.num_workers, **shard))
         ready = time.time()
         for batch in loader:
             if step >= stop_at:
@@ -319,15 +321,16 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
             model.train()
             lr = training.get_lr(step, stage_cfg.lr, cfg.train.warmup_steps, total_steps, cfg.train.min_lr)
             training.set_lr(optimizer, lr)
-            _, loss, terms, grad_norm = train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, stage,
+            _, loss, terms, grad_norm = train_step(ddp_model, batch, optimizer, scaler, trainable, ctx, cfg, stage,
                                                      pos_weight, grid, device, step)
             step += 1
             progress.update(1)
             if step % cfg.train.log_interval == 0 or step == 1:
-                logger.log(stage=stage, step=step, loss=loss.item(), **{k: float(v.detach()) for k, v in terms.items()},
+                logger.log(stage=stage, step=step, **training.mean_over_ranks({"loss": loss, **terms}),
                            lr=lr, grad_norm=float(grad_norm), s_per_step=time.time() - t0, data_s=t0 - ready)
             if step % eval_interval == 0 or step == total_steps:
-                metric = validation_metric(predict(model, val_loader, stage, task_head, device, ctx), stage)
+                metric = training.run_on_main(lambda: validation_metric(predict(model, val_loader, stage, task_head,
+                                                                                device, ctx), stage))
                 logger.log(stage=stage, step=step, epoch=round(step / steps_per_epoch, 3),
                            **{f"val/{STAGE_METRIC[stage]}": metric})
                 if metric > best_metric:
@@ -341,7 +344,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
 
     # final test evaluation of the best checkpoint
     best = out_dir / "best.pt"
-    if final_eval and step >= total_steps:
+    if final_eval and step >= total_steps and training.is_main():
         evaluate_run(best, out_dir, cfg.eval.visualize, cfg.train.device)
     return best
 

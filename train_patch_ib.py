@@ -9,6 +9,7 @@ Commands (repository root):
     python train_patch_ib.py --resume runs/patch_ib/tiny/last.pt --out runs/patch_ib/tiny
     python train_patch_ib.py --probe runs/patch_ib/tiny/best.pt            # box patches vs the rest (phantoms)
     python train_patch_ib.py --config configs/patch_ib.yaml                # paper scale (BiomedCLIP, open_clip)
+    torchrun --nproc_per_node 4 train_patch_ib.py --config configs/patch_ib.yaml   # 4 GPUs, same global batch
     python -m data.mimic_master --root /data/mimic-cxr-jpg                 # build the master JSONL first
 
 Staged training (seed 004 "Model Architecture & Progression"): the configured `phases` run one after the
@@ -86,7 +87,7 @@ def train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, phase, devi
     -> (model outputs, loss terms, gradient norm)"""
     with ctx:
         out = run_model(model, batch, device, phase.use_local, phase.use_ib)
-        terms = patch_ib_losses(out, dict(cfg.loss))
+        terms = patch_ib_losses(out, dict(cfg.loss), all_ranks=training.world_size() > 1)   # torchrun: gathered
     training.check_finite(terms, step)
     scaler.scale(terms["loss"]).backward()
     grad_norm = training.optimizer_step(optimizer, scaler, trainable, cfg.train.grad_clip, step)
@@ -168,6 +169,8 @@ def train(cfg, out_dir, resume=None):
         trainable = training.set_trainable(model, patterns)
         optimizer = training.build_optimizer(model, phase.lr, cfg.train.weight_decay,
                                              no_weight_decay=model.no_weight_decay())
+        # torchrun: DDP rebuilt for each phase's freezing; heads a phase switches off get no gradient
+        ddp_model = training.wrap_ddp(model, device, find_unused_parameters=True)
         if resume_ckpt is not None:     # exact resume: RNG always, optimizer state within the same phase
             if resume_ckpt["phase"] == phase.name and resume_ckpt.get("optimizer"):
                 optimizer.load_state_dict(resume_ckpt["optimizer"])
@@ -182,22 +185,23 @@ def train(cfg, out_dir, resume=None):
             epoch, start_batch = divmod(step, steps_per_epoch)
             ready = time.time()
             for batch in epoch_loader(train_set, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch,
-                                      num_workers=cfg.data.num_workers):
+                                      num_workers=cfg.data.num_workers, rank=training.rank(),
+                                      world_size=training.world_size()):
                 t0 = time.time()  # data_s: waiting for this batch; s_per_step: the step itself
                 model.train()
                 lr = training.get_lr(step - start, phase.lr, cfg.train.warmup_steps, phase.steps, cfg.train.min_lr)
                 training.set_lr(optimizer, lr)
-                out, terms, grad_norm = train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, phase,
+                out, terms, grad_norm = train_step(ddp_model, batch, optimizer, scaler, trainable, ctx, cfg, phase,
                                                    device, step)
                 step += 1
                 progress.update(1)
                 if step % cfg.train.log_interval == 0 or step == 1:
-                    extra = {"mask_mean": float(out["z"].detach().mean())} if "z" in out else {}
-                    logger.log(step=step, phase=phase.name, **{k: float(v.detach()) for k, v in terms.items()},
-                               **extra, logit_scale=float(out["logit_scale"].detach()), lr=lr, grad_norm=float(grad_norm),
+                    extra = {"mask_mean": out["z"].detach().mean()} if "z" in out else {}
+                    logger.log(step=step, phase=phase.name, **training.mean_over_ranks({**terms, **extra}),
+                               logit_scale=float(out["logit_scale"].detach()), lr=lr, grad_norm=float(grad_norm),
                                s_per_step=time.time() - t0, data_s=t0 - ready)
                 if step % cfg.train.eval_interval == 0 or step == total_steps:
-                    val = validation_loss(model, val_set, cfg, device, ctx)
+                    val = training.run_on_main(validation_loss, model, val_set, cfg, device, ctx)
                     logger.log(step=step, **{"val/nce_full": val})
                     if val < best_metric:
                         best_metric = val
@@ -212,8 +216,8 @@ def train(cfg, out_dir, resume=None):
             break
     progress.close()
 
-    # cleanup: final test evaluation of best.pt (the same call as `python evaluate.py RUN/best.pt`)
-    if step < total_steps:
+    # cleanup: final test evaluation of best.pt (the same call as `python evaluate.py RUN/best.pt`), rank 0
+    if step < total_steps or not training.is_main():
         return {}
     print(f"trained {total_steps} steps in {time.time() - start_time:.0f} s")
     args = argparse.Namespace(checkpoint=str(out_dir / "best.pt"), split="test", bootstrap=0,

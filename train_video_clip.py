@@ -19,6 +19,7 @@ Commands (run from the repository root):
     python train_video_clip.py --resume runs/video_clip/tiny/last.pt --out runs/video_clip/tiny
     # paper scale, one GPU: edit data.root / data.class_names in configs/video_clip.yaml first
     python train_video_clip.py --config configs/video_clip.yaml
+    torchrun --nproc_per_node 4 train_video_clip.py --config configs/video_clip.yaml   # 4 GPUs, same global batch
     # evaluation: accuracy, macro F1, D1 retrieval, D2 alignment statistics, PNG strips
     python evaluate.py runs/video_clip/tiny/best.pt --split test --visualize 8
 
@@ -111,7 +112,8 @@ def train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, device, ste
     labels = batch["label"].to(device)                                    # (B,)
     with ctx:
         out = model(video, attn_map)
-        terms = video_clip_losses(out, labels, cfg.loss.clip_weight, cfg.model.lambda_token)
+        terms = video_clip_losses(out, labels, cfg.loss.clip_weight, cfg.model.lambda_token,
+                                  all_ranks=training.world_size() > 1)          # torchrun: L_CLIP over all ranks
     training.check_finite(terms, step)
     scaler.scale(terms["loss"]).backward()
     grad_norm = training.optimizer_step(optimizer, scaler, trainable, cfg.train.grad_clip, step)
@@ -144,6 +146,7 @@ def train(cfg, out_dir, resume=None):
     # optimizer + scaler
     optimizer = training.build_optimizer(model, cfg.train.lr, cfg.train.weight_decay,
                                          no_weight_decay=model.no_weight_decay())
+    ddp_model = training.wrap_ddp(model, device)     # torchrun: DDP; the model itself in one process
 
     # resume
     step, best_metric = 0, float("-inf")
@@ -165,19 +168,20 @@ def train(cfg, out_dir, resume=None):
         epoch, start_batch = divmod(step, steps_per_epoch)
         ready = time.time()
         for batch in epoch_loader(train_set, cfg.train.batch_size, cfg.train.seed, epoch, start_batch=start_batch,
-                                  num_workers=cfg.data.num_workers):
+                                  num_workers=cfg.data.num_workers, rank=training.rank(),
+                                  world_size=training.world_size()):
             t0 = time.time()  # data_s: waiting for this batch; s_per_step: the step itself
             model.train()
             lr = training.get_lr(step, cfg.train.lr, cfg.train.warmup_steps, total_steps, cfg.train.min_lr)
             training.set_lr(optimizer, lr)
-            out, terms, grad_norm = train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, device, step)
+            out, terms, grad_norm = train_step(ddp_model, batch, optimizer, scaler, trainable, ctx, cfg, device, step)
             step += 1
             progress.update(1)
             if step % cfg.train.log_interval == 0 or step == 1:
-                logger.log(step=step, **{k: float(v.detach()) for k, v in terms.items()}, logit_scale=float(out["logit_scale"].detach()),
+                logger.log(step=step, **training.mean_over_ranks(terms), logit_scale=float(out["logit_scale"].detach()),
                            lr=lr, grad_norm=float(grad_norm), s_per_step=time.time() - t0, data_s=t0 - ready)
             if step % cfg.train.eval_interval == 0 or step == total_steps:
-                metrics = evals.video_clip.evaluate(model, val_set, cfg, device, ctx, "val/")
+                metrics = training.run_on_main(evals.video_clip.evaluate, model, val_set, cfg, device, ctx, "val/")
                 logger.log(step=step, **metrics)
                 if metrics[f"val/{VALIDATION_METRIC}"] > best_metric:
                     best_metric = metrics[f"val/{VALIDATION_METRIC}"]
@@ -190,8 +194,8 @@ def train(cfg, out_dir, resume=None):
     if step % cfg.train.eval_interval and step != total_steps:
         save("last.pt")
 
-    # cleanup: final test evaluation of best.pt (the finished run only)
-    if step < total_steps:
+    # cleanup: final test evaluation of best.pt (the finished run only), on rank 0
+    if step < total_steps or not training.is_main():
         return {}
     best = out_dir / "best.pt"
     figures = out_dir / "figures"

@@ -11,6 +11,8 @@ Commands (run from the repository root):
     python train_wsrpn_vl.py --phase 1 --out runs/wsrpn_vl/p1
     # paper scale, one GPU: NIH ChestX-ray14 (WSRPN protocol), DenseNet-121 + Bio_ClinicalBERT (edit data.root)
     python train_wsrpn_vl.py --config configs/wsrpn_vl.yaml
+    # the same on 4 GPUs: the same global batch, 16 images per GPU (DenseNet batch norm: per-GPU statistics)
+    torchrun --nproc_per_node 4 train_wsrpn_vl.py --config configs/wsrpn_vl.yaml
     # MIMIC-CXR reports as captions, evaluated on the NIH boxes (edit data.root and data.eval_root)
     python train_wsrpn_vl.py --config configs/wsrpn_vl.yaml data.dataset=mimic data.caption=report
     # evaluation (RoDeO, AP@IoU, loc-acc, bootstrap, Gaussian scale/entropy, vision-text similarity, PNGs)
@@ -308,8 +310,8 @@ def main(argv=None):
 
     def validate(epoch, batch_in_epoch):
         nonlocal best_metric
-        metrics = evals.wsrpn_vl.evaluate_detection(model, val_set, cfg, device, ctx, text_encoder,
-                                     rodeo_too=cfg.eval.select_metric != "map")
+        metrics = training.run_on_main(evals.wsrpn_vl.evaluate_detection, model, val_set, cfg, device, ctx,
+                                       text_encoder, rodeo_too=cfg.eval.select_metric != "map")
         logger.log(step=step, epoch=epoch, phase=scheduler.phase(epoch), **{f"val/{k}": v for k, v in metrics.items()})
         if metrics[cfg.eval.select_metric] > best_metric:
             best_metric = metrics[cfg.eval.select_metric]
@@ -318,14 +320,21 @@ def main(argv=None):
 
     # --- loop
     stop_after = None if args.phase == "all" else int(args.phase)
-    finished = False
+    finished, ddp_model, ddp_text = False, None, None
     for epoch in range(start_epoch, t.epochs):
         weights = scheduler.weights(epoch)
         if stop_after is not None and weights["phase"] > stop_after:
             break
+        # torchrun: DDP over the parameters this phase's loss reaches; phase 1 has no text-branch terms, so the
+        # shared projection is frozen there (it gets no gradient in one process either)
+        text_terms = cfg.model.use_vl_branch and (weights["contrastive"] > 0 or weights["consistency"] > 0)
+        if training.world_size() > 1 and text_terms != ddp_text:
+            patterns = TRAINABLE["image side"] + (TRAINABLE["text branch"] if text_terms else [])
+            trainable = training.set_trainable(model, patterns)
+            ddp_model, ddp_text = training.wrap_ddp(model, device), text_terms
         model.train()
         loader = epoch_loader(train_set, t.batch_size, t.seed, epoch, start_batch=start_batch,
-                              num_workers=cfg.data.num_workers)
+                              num_workers=cfg.data.num_workers, rank=training.rank(), world_size=training.world_size())
         progress = tqdm(loader, desc=f"epoch {epoch} phase {weights['phase']}", initial=start_batch,
                         total=steps_per_epoch, leave=False, disable=None)
         ready = time.perf_counter()
@@ -333,13 +342,13 @@ def main(argv=None):
             started = time.perf_counter()  # data_s: waiting for this batch; s_per_step: the step itself
             lr = training.get_lr(step, t.lr, t.warmup_steps, total_steps, t.min_lr)
             training.set_lr(optimizer, lr)
-            out, loss, terms, stats, grad_norm = train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, weights,
-                                                            text_encoder, contrastive_loss, device, step)
+            out, loss, terms, stats, grad_norm = train_step(ddp_model or model, batch, optimizer, scaler, trainable, ctx,
+                                                            cfg, weights, text_encoder, contrastive_loss, device, step)
             step += 1
             logger.log(echo=step % t.log_interval == 0, step=step, epoch=epoch, phase=weights["phase"],
                        **{f"weight/{k}": v for k, v in weights.items() if k != "phase"},
-                       loss=loss.item(), **{k: v.item() for k, v in terms.items()}, **stats,
-                       sigma_mean=out["sigma"].mean().item(), lr=lr, grad_norm=grad_norm.item(),
+                       **training.mean_over_ranks({"loss": loss, **terms, **stats, "sigma_mean": out["sigma"].mean()}),
+                       lr=lr, grad_norm=grad_norm.item(),
                        s_per_step=time.perf_counter() - started, data_s=started - ready)
             if t.eval_interval and step % t.eval_interval == 0:
                 validate(epoch, batch_index + 1)
@@ -358,7 +367,9 @@ def main(argv=None):
         print(f"stopped at step {step} of {total_steps} (train.stop_after_steps); --resume {out_dir / 'last.pt'}")
         return out_dir
 
-    # --- final test evaluation of best.pt (last.pt if no validation ran) into metrics.json
+    # --- final test evaluation of best.pt (last.pt if no validation ran) into metrics.json, on rank 0
+    if not training.is_main():
+        return out_dir
     best = out_dir / "best.pt" if (out_dir / "best.pt").exists() else out_dir / "last.pt"
     if cfg.eval.final_test and best.exists():
         eval_args = SimpleNamespace(checkpoint=str(best), split="test", bootstrap=cfg.eval.bootstrap,

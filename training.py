@@ -196,22 +196,41 @@ def check_values(cfg, source="config"):
 
 
 def load_config(path, overrides=()):
-    """YAML file (+ `inherit:` parent) + overrides -> Config, its numeric keys checked (check_values)."""
+    """YAML file (+ `inherit:` parent) + overrides -> Config, its numeric keys checked (check_values); under
+    torchrun the training batch sizes must divide by the number of processes (check_batch_sizes)."""
     cfg = apply_overrides(Config.wrap(_read_yaml(path)), list(overrides))
     check_values(cfg, str(path))
+    check_batch_sizes(cfg, world_size(), str(path))
     return cfg
+
+
+def check_batch_sizes(cfg, processes, source="config"):
+    """Batch sizes are global: each of the `processes` ranks takes batch_size / processes samples, so every
+    training batch size (every `*batch_size` key outside eval.*) must divide by it."""
+    if processes == 1:
+        return
+    for key, value in flat_items(cfg.to_dict() if isinstance(cfg, Config) else cfg):
+        if fnmatch.fnmatchcase(key, "*batch_size") and not key.startswith("eval.") and value % processes:
+            raise ConfigError(f"{source}: {key} is {value}, which {processes} processes do not divide: batch sizes "
+                              f"are global (each process takes batch_size / {processes}); give a multiple of "
+                              f"{processes} or another --nproc_per_node")
 
 
 def run_cli(main, script):
     """`if __name__ == "__main__"` of a train script: a user error (config, data, weights, non-finite training)
-    is one line on stderr and exit status 2, not a traceback."""
+    is one line on stderr and exit status 2, not a traceback. Under torchrun the process group is set up first
+    and taken down at the end (setup_distributed)."""
     from data.sample import DataError
     from hub.pretrained import PretrainedLoadError
     try:
+        setup_distributed()
         main()
     except (ConfigError, DataError, PretrainedLoadError, NonFiniteLoss, FileNotFoundError) as error:
-        print(f"{script}: {error}", file=sys.stderr)
+        where = f" (rank {rank()})" if world_size() > 1 else ""
+        print(f"{script}{where}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        cleanup_distributed()
 
 
 def default_config_path(system):
@@ -237,7 +256,23 @@ RUN_FILES = ("*.pt", "log.jsonl", "metrics*.json")     # what makes a folder a r
 def make_out_dir(out, system, phase_name, resume=None, overwrite=False):
     """The run folder: --out, or runs/<system>/<phase>-<time>. A folder that already holds a run is refused unless
     --resume points inside it (the same run continues) or overwrite (its run files are deleted first). While
-    this process writes into it, out/.lock holds its pid: a second process is refused."""
+    this process writes into it, out/.lock holds its pid: a second process is refused. Under torchrun rank 0
+    does all of this and every rank gets its folder (or its refusal)."""
+    if world_size() == 1:
+        return _make_out_dir(out, system, phase_name, resume, overwrite)
+    answer = None
+    if is_main():
+        try:
+            answer = _make_out_dir(out, system, phase_name, resume, overwrite)
+        except ConfigError as error:
+            answer = error
+    answer = broadcast_object(answer)
+    if isinstance(answer, ConfigError):
+        raise answer
+    return answer
+
+
+def _make_out_dir(out, system, phase_name, resume=None, overwrite=False):
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"--resume {resume}: no such checkpoint file (expected RUN/last.pt or RUN/best.pt)")
     path = Path(out) if out else Path("runs") / system / f"{phase_name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -296,7 +331,10 @@ def _release_locks():
 
 
 def save_config(cfg, out_dir):
-    """Each run's first write into its folder: stale temporaries of an interrupted run go, config.yaml is written."""
+    """Each run's first write into its folder: stale temporaries of an interrupted run go, config.yaml is written.
+    Rank 0 only under torchrun."""
+    if not is_main():
+        return
     remove_stale_temporaries(out_dir)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     print(f"config:\n{text}")
@@ -307,6 +345,8 @@ def save_config(cfg, out_dir):
 # seeding, device, precision
 
 def seed_everything(seed):
+    """Under torchrun each process is seeded with seed + rank (its own dropout and augmentation draws)."""
+    seed = seed + rank()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -321,6 +361,8 @@ def setup_device(device="auto", dtype="auto"):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())    # under torchrun: LOCAL_RANK's GPU
     if dtype == "auto":
         if device.type == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -334,6 +376,110 @@ def setup_device(device="auto", dtype="auto"):
            else torch.autocast(device.type, dtype=getattr(torch, dtype)))
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == "float16"))
     return device, ctx, scaler, dtype
+
+
+# ----------------------------------------------------------------------------------------------------
+# several processes (torchrun, DDP): `torchrun --nproc_per_node N train_<system>.py ...`
+#
+# Without torchrun there is no process group and every helper below is a no-op (rank 0 of 1).
+# - Batch: config batch sizes are GLOBAL (all processes together); each of the N processes takes
+#   batch_size / N samples of every batch (data/loader.py), so losses, learning rates and schedules read
+#   the same for any N. A batch size that N does not divide is a ConfigError (load_config).
+# - Rank 0 alone writes (run folder and lock, config.yaml, log.jsonl, checkpoints, metrics.json) and
+#   validates; every rank calls save_checkpoint (it gathers each rank's RNG state) and run_on_main.
+# - DDP averages the gradients of the per-rank mean losses: for equal shards that is the gradient of the
+#   global-batch mean. Contrastive losses gather the embeddings of every rank (models/gathered_loss.py).
+# - Batch norm uses per-rank batch statistics (batch_size / N samples); the running statistics in
+#   checkpoints are rank 0's (DDP broadcasts rank 0's buffers at every forward).
+
+def setup_distributed():
+    """Join torchrun's process group (RANK, WORLD_SIZE, LOCAL_RANK in the environment): gloo on CPU, NCCL for
+    CUDA tensors with gloo beside it for CPU ones; the CUDA device is LOCAL_RANK's. No-op without torchrun."""
+    if "WORLD_SIZE" not in os.environ or not torch.distributed.is_available() or torch.distributed.is_initialized():
+        return
+    import datetime
+    backend = "gloo"
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices; "
+                              f"give torchrun --nproc_per_node <= {torch.cuda.device_count()}")
+        torch.cuda.set_device(local_rank)
+        backend = "cpu:gloo,cuda:nccl"
+    # rank 0 validates and evaluates alone while the others wait in a collective
+    torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+
+
+def cleanup_distributed():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def rank():
+    """This process's rank (0 without torchrun)."""
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_rank() if initialized else 0
+
+
+def world_size():
+    """Number of processes (1 without torchrun)."""
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if initialized else 1
+
+
+def is_main():
+    return rank() == 0
+
+
+def wrap_ddp(model, device, find_unused_parameters=False):
+    """DistributedDataParallel(model) under torchrun, the model itself otherwise. Build it after set_trainable
+    and again whenever requires_grad changes (DDP registers its gradient hooks at construction). Forward
+    through the wrapper; save, evaluate and call methods on the bare model."""
+    if world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused_parameters)
+
+
+def gradient_sync(model, sync):
+    """The context of one micro-batch's forward and backward under gradient accumulation: DDP's no_sync() (the
+    gradients stay local and add up) unless `sync`, the last micro-batch of an optimizer step, whose backward
+    all-reduces the summed gradients once. A no-op for a model that is not DDP-wrapped."""
+    from torch.nn.parallel import DistributedDataParallel
+    if sync or not isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def mean_over_ranks(values):
+    """{name: number or 0-d tensor} -> {name: float}, each the mean over ranks (one all_reduce): the loss of
+    the global batch for logging. Every rank must call it at the same steps."""
+    numbers = torch.tensor([float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for v in values.values()],
+                           dtype=torch.float64)
+    if world_size() > 1:
+        torch.distributed.all_reduce(numbers)
+        numbers /= world_size()
+    return dict(zip(values, numbers.tolist()))
+
+
+def broadcast_object(value):
+    """Rank 0's value (any picklable object) on every rank."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_on_main(fn, *args, **kwargs):
+    """fn(*args, **kwargs) on rank 0 only (validation), its result sent to every rank, which wait for it."""
+    return broadcast_object(fn(*args, **kwargs) if is_main() else None)
+
+
+def barrier():
+    if world_size() > 1:
+        torch.distributed.barrier()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -487,7 +633,30 @@ def rng_state():
     return state
 
 
+def all_rng_states():
+    """rng_state() of this process; under torchrun rank 0's, with every rank's under "ranks" (a collective:
+    every rank calls it)."""
+    state = rng_state()
+    if world_size() == 1:
+        return state
+    ranks = [None] * world_size()
+    torch.distributed.all_gather_object(ranks, state)
+    return {**ranks[0], "ranks": ranks}
+
+
 def set_rng_state(state):
+    """Restore rng_state() / all_rng_states(): under torchrun each rank its own. Resumed on another number of
+    processes, ranks without a saved state keep their fresh seed + rank streams."""
+    ranks = state.get("ranks")
+    if ranks is not None or world_size() > 1:
+        if ranks is None or len(ranks) != world_size():
+            saved = len(ranks) if ranks is not None else 1
+            if is_main():
+                print(f"resuming a run of {saved} process(es) on {world_size()}: the random streams (dropout, "
+                      f"augmentation) differ from an uninterrupted run; batches and weights continue exactly")
+            if rank() >= saved:
+                return
+        state = ranks[rank()] if ranks is not None else state
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -524,10 +693,12 @@ def save_checkpoint(path, model, optimizer, scaler, step, epoch, phase, best_met
         "scaler": scaler.state_dict() if scaler is not None else None,
         "step": step, "epoch": epoch, "phase": phase, "best_metric": best_metric,
         "config": config.to_dict() if isinstance(config, Config) else config,
-        "rng": rng_state(),
+        "rng": all_rng_states(),
         "tokenizer_files": tokenizer_files(tokenizer),
         **extra,
     }
+    if not is_main():      # every rank calls save_checkpoint (all_rng_states gathers); rank 0 writes
+        return
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -653,12 +824,16 @@ class RunLogger:
     """Appends one JSON object per call to out_dir/log.jsonl (every value; NaN / inf written as null) and prints
     a compact line: at most `max_printed` values, per-class keys (two or more '/', e.g. val/ap@0.5/Nodule) left
     out, a count of what log.jsonl has beyond that. resume_step=N (a resumed run): lines of steps after N, which
-    the resumed run logs again, and a torn last line are dropped first, and an {"event": "resume"} line marks it."""
+    the resumed run logs again, and a torn last line are dropped first, and an {"event": "resume"} line marks it.
+    Under torchrun only rank 0 writes and prints (log values that differ by rank through mean_over_ranks first)."""
 
     def __init__(self, out_dir, filename="log.jsonl", max_printed=14, resume_step=None):
         self.path = Path(out_dir) / filename
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_printed = max_printed
+        self.enabled = is_main()
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             kept, dropped = [], 0
             for line in self.path.read_text().splitlines():
@@ -674,6 +849,8 @@ class RunLogger:
             self.log(echo=False, event="resume", step=resume_step, dropped_lines=dropped)
 
     def log(self, echo=True, **record):
+        if not self.enabled:
+            return
         record = {k: _strict_json(v) for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")

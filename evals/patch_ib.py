@@ -58,7 +58,7 @@ def report_groups(reports):
 
 
 def run_model(model, images, reports, device, use_local=True, use_ib=True):
-    ids, attention_mask, word_mask = model.tokenize(reports)
+    ids, attention_mask, word_mask = getattr(model, "module", model).tokenize(reports)   # DDP: its .module
     return model(images.to(device), ids.to(device), attention_mask.to(device), word_mask.to(device),
                  use_local=use_local, use_ib=use_ib)
 

@@ -21,6 +21,8 @@ Shape letters: B batch, E embedding dim, K classes, N tokens, F token channels.
 import torch
 import torch.nn.functional as F
 
+from models.gathered_loss import info_nce_all_ranks
+
 EPS = 1e-8
 
 
@@ -47,14 +49,18 @@ def token_alignment_loss(video_tokens, attn_grid):
     return {"token": kl.mean()}
 
 
-def video_clip_losses(out, labels, clip_weight=1.0, lambda_token=0.0):
+def video_clip_losses(out, labels, clip_weight=1.0, lambda_token=0.0, all_ranks=False):
     """out: VideoAttentionCLIP outputs; labels (B,) int64 -> {"ce", "clip", ["token"], "loss"}
 
     L_CLIP is always computed (it is logged even when clip_weight = 0, as a D-metric of training); it
-    adds to "loss" only with its weight. L_token needs out["video_tokens"] (map-guided 3dcnn).
+    adds to "loss" only with its weight. L_token needs out["video_tokens"] (map-guided 3dcnn). all_ranks
+    (training under torchrun, a collective): L_CLIP over the batch of every process (models/gathered_loss.py).
     """
     terms = {"ce": F.cross_entropy(out["logits"], labels)}
-    terms.update(clip_loss(out["video_embed"], out["attn_embed"], out["logit_scale"]))
+    if all_ranks:
+        terms["clip"] = info_nce_all_ranks(out["video_embed"], out["attn_embed"], out["logit_scale"])
+    else:
+        terms.update(clip_loss(out["video_embed"], out["attn_embed"], out["logit_scale"]))
     loss = terms["ce"] + clip_weight * terms["clip"]
     if lambda_token > 0:
         if "video_tokens" not in out:

@@ -144,10 +144,11 @@ class ConceptCAM(nn.Module):
         """images in [0, 1] -> MedMAE statistics (a transform may do this instead; see train script)."""
         return (images - self.pixel_mean) / self.pixel_std
 
-    def forward(self, images, stage=3, task_head="prototype"):
+    def forward(self, images=None, stage=3, task_head="prototype", features=None):
         """images: (B, 3, H, W) normalized. stage 1: CAMs and concept logits; 2: + projected patches, concept
-        vectors, similarity maps and prototype scores; 3: + disease_logits (task_head prototype | linear)."""
-        return self.heads(feature_map(self.backbone, images), stage, task_head)
+        vectors, similarity maps and prototype scores; 3: + disease_logits (task_head prototype | linear).
+        features (B, D, h, w) instead of images: the heads on a cached backbone feature map (stages 2-3)."""
+        return self.heads(feature_map(self.backbone, images) if features is None else features, stage, task_head)
 
     def heads(self, f, stage=3, task_head="prototype"):
         """f: (B, D, h, w) backbone feature map -> the outputs of forward (stages 2 and 3 may pass cached f)."""

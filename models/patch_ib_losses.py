@@ -8,11 +8,16 @@
   Uniform word weights (MGCA weights words by BERT's CLS attention; not done here).
 - L_sparse (`sparsity_loss`): mean(z), the L1 of the patch mask (research §7 option 1).
 - L_cons (`consistency_loss`): 1 - cos(e_mask, sg(e_full)): the masked image must behave like the full one.
+- Several processes (`all_ranks=True`, training under torchrun): both InfoNCE terms take their negatives from
+  the global batch (models/gathered_loss.py); the other terms are per-sample means, which DDP's gradient
+  average turns into global-batch means (L_local: when every report has words, as phantom reports do).
 
 Shape letters: B batch, E embedding dim, P patches, L text tokens.
 """
 import torch
 import torch.nn.functional as F
+
+from models.gathered_loss import info_nce_all_ranks
 
 
 def info_nce(image_embed, text_embed, logit_scale):
@@ -53,10 +58,12 @@ def consistency_loss(masked_embed, full_embed):
     return (1 - F.cosine_similarity(masked_embed, full_embed.detach(), dim=-1)).mean()
 
 
-def patch_ib_losses(out, weights):
+def patch_ib_losses(out, weights, all_ranks=False):
     """out: PatchIB outputs; weights: {"local", "sparse", "cons", "nce_mask"} -> {terms..., "loss"}.
-    Terms whose outputs are absent (variant switched off, or phase) are left out."""
-    terms = {"nce_full": info_nce(out["image_embed"], out["text_embed"], out["logit_scale"])}
+    Terms whose outputs are absent (variant switched off, or phase) are left out. all_ranks: InfoNCE over the
+    batch of every process (a collective; training under torchrun)."""
+    nce = info_nce_all_ranks if all_ranks else info_nce
+    terms = {"nce_full": nce(out["image_embed"], out["text_embed"], out["logit_scale"])}
     loss = terms["nce_full"]
     if "words" in out and weights["local"] > 0:
         terms["local"] = local_loss(out["words"], out["summaries"], out["word_mask"], out["tau_local"])
@@ -64,7 +71,7 @@ def patch_ib_losses(out, weights):
     if "z" in out:
         terms["sparse"] = sparsity_loss(out["z"])
         terms["cons"] = consistency_loss(out["masked_embed"], out["image_embed"])
-        terms["nce_mask"] = info_nce(out["masked_embed"], out["text_embed"], out["logit_scale"])
+        terms["nce_mask"] = nce(out["masked_embed"], out["text_embed"], out["logit_scale"])
         loss = loss + weights["sparse"] * terms["sparse"] + weights["cons"] * terms["cons"] \
             + weights["nce_mask"] * terms["nce_mask"]
     terms["loss"] = loss
