@@ -2,7 +2,8 @@
 `predict_user_images(...)`, called by train_patch_ib.evaluate_checkpoint (evaluate.py and the run's final test).
 
 Keys (flat floats, prefix "<split>/"):
-- t2i/R@1,5,10 and i2t/R@1,5,10 (+ mean/median rank) of the GLOBAL embeddings (metrics.retrieval), with
+- t2i/R@1,5,10 and i2t/R@1,5,10 (+ mean/median rank) of the GLOBAL embeddings (metrics.retrieval, in blocks
+  of 256 queries: the N x N similarity matrix is never held), with
   t2i/chance_R@1 and retrieval/groups; for the variants with a mask (C-E) also masked/t2i/R@K and
   masked/i2t/R@K: the same protocol with the MASKED image embedding (what the bottleneck lets through).
 - zeroshot/auroc/<label> for the 14 CheXpert labels, zeroshot/auroc/mean (over labels with both classes in
@@ -140,16 +141,17 @@ def evaluate(model, dataset, cfg, device, ctx, prefix, visualize=0, out_dir=None
     if bootstrap:
         print("patch_ib: --bootstrap is not used (no confidence intervals for retrieval / zero-shot here)")
     from metrics.classification import auroc
-    from metrics.retrieval import retrieval_metrics
+    from metrics.retrieval import retrieval_metrics_from_embeddings
     e = embed_dataset(model, dataset, cfg.train.batch_size, device, ctx, num_workers=cfg.data.num_workers)
     groups = report_groups(e["reports"])
     chance = float(np.mean([(groups == g).mean() for g in groups]))
-    metrics = {prefix + k: v for k, v in retrieval_metrics(e["image"] @ e["text"].T, groups, groups).items()}
+    retrieval = retrieval_metrics_from_embeddings(e["image"], e["text"], groups, groups)   # (N, N) never built
+    metrics = {prefix + k: v for k, v in retrieval.items()}
     metrics.update({prefix + "t2i/chance_R@1": chance, prefix + "retrieval/groups": float(len(set(groups)))})
     print(f"retrieval duplicate rule: {DUPLICATE_RULE} ({len(set(groups))} groups / {len(groups)} reports, "
           f"chance R@1 {chance:.4f})")
     if e["masked"] is not None:
-        masked = retrieval_metrics(e["masked"] @ e["text"].T, groups, groups)
+        masked = retrieval_metrics_from_embeddings(e["masked"], e["text"], groups, groups)
         metrics.update({f"{prefix}masked/{k}": v for k, v in masked.items() if "/R@" in k})
     per_label = auroc(zero_shot_scores(model, e["image"], device).numpy(), e["labels"].numpy())
     for name, value in zip(CHEXPERT_LABELS, per_label):

@@ -9,10 +9,14 @@ validation, its final test evaluation and evaluate.py (through `evaluate_checkpo
 Metric names (prefix + ...):
 - accuracy, f1_macro (multi-class macro F1 = mean over classes of the one-vs-rest F1 of the argmax).
 - D1: retrieval_r1_v2a, retrieval_r5_v2a (video -> attention), retrieval_r1_a2v, retrieval_r5_a2v,
-  with the 1:1 diagonal protocol (research/contrastive_vl.md §4) over the whole split, cosine similarity.
+  with the 1:1 diagonal protocol (research/contrastive_vl.md §4) over the whole split, cosine similarity,
+  computed in blocks of 256 queries (metrics.retrieval.retrieval_metrics_from_embeddings): the (N, N)
+  similarity matrix is never held.
 - D2: align_sim_correct / align_sim_incorrect = mean alignment score s_i = cos(video_embed_i, attn_embed_i)
   over correctly / incorrectly classified clips, align_sim_gap = their difference, align_sim_corr = Pearson
-  correlation of s_i with the 0/1 correctness (point-biserial). NaN when a group is empty.
+  correlation of s_i with the 0/1 correctness (point-biserial). NaN when a group is empty. s_i is the
+  diagonal of video_embed @ attn_embed.T taken blockwise (metrics.retrieval.matched_similarity).
+- Bootstrap (--bootstrap): accuracy and f1_macro only, resampled over clips.
 - Phantoms only (their evidence masks are known): attn_on_evidence = share of attention-map mass inside the
   evidence object, saliency_on_evidence = share of the map-guided token saliency (models/clip_align_losses
   token_saliency) inside it, evidence_area = the object's share of the token grid (the chance level of both).
@@ -70,22 +74,28 @@ def alignment_vs_correctness(align, correct):
             "align_sim_gap": sim_correct - sim_incorrect, "align_sim_corr": corr}
 
 
-def video_clip_metrics(pred, prefix=""):
-    """pred from `predict` -> flat dict of floats (names in the module docstring)."""
+def classification_metrics(logits, labels):
+    """logits (N, K), labels (N,) -> {"accuracy", "f1_macro"} of the argmax."""
     from metrics.classification import accuracy, f1_at_threshold
-    from metrics.retrieval import retrieval_metrics
-    logits, labels = pred["logits"], pred["labels"]
     K = logits.shape[1]
     predicted = logits.argmax(1)                                                     # (N,)
-    metrics = {"accuracy": float(accuracy(predicted, labels)),
-               "f1_macro": float(f1_at_threshold(F.one_hot(predicted, K).float(), F.one_hot(labels, K).float(),
-                                                 0.5)["macro"])}
-    similarity = pred["video_embed"] @ pred["attn_embed"].T                          # (N, N) cosine
-    retrieval = retrieval_metrics(similarity, ks=(1, 5))
+    return {"accuracy": float(accuracy(predicted, labels)),
+            "f1_macro": float(f1_at_threshold(F.one_hot(predicted, K).float(), F.one_hot(labels, K).float(),
+                                              0.5)["macro"])}
+
+
+def video_clip_metrics(pred, prefix=""):
+    """pred from `predict` -> flat dict of floats (names in the module docstring)."""
+    from metrics.retrieval import matched_similarity, retrieval_metrics_from_embeddings
+    logits, labels = pred["logits"], pred["labels"]
+    predicted = logits.argmax(1)                                                     # (N,)
+    metrics = classification_metrics(logits, labels)
+    retrieval = retrieval_metrics_from_embeddings(pred["video_embed"], pred["attn_embed"], ks=(1, 5))
     for k in (1, 5):
         metrics[f"retrieval_r{k}_v2a"] = float(retrieval[f"i2t/R@{k}"])
         metrics[f"retrieval_r{k}_a2v"] = float(retrieval[f"t2i/R@{k}"])
-    metrics.update(alignment_vs_correctness(similarity.diagonal().numpy(), (predicted == labels).numpy()))
+    alignment = matched_similarity(pred["video_embed"], pred["attn_embed"])         # (N,) cosine
+    metrics.update(alignment_vs_correctness(alignment, (predicted == labels).numpy()))
     for key in ("attn_on_evidence", "saliency_on_evidence", "evidence_area"):
         if key in pred:
             metrics[key] = float(pred[key].mean())
@@ -95,12 +105,10 @@ def video_clip_metrics(pred, prefix=""):
 def bootstrap_classification(pred, num_samples, prefix=""):
     """Bootstrap over clips (metrics.detection.bootstrap) of accuracy and macro F1 only."""
     from metrics.detection import bootstrap
-    subset_keys = ("logits", "labels", "video_embed", "attn_embed")
 
     def metric_fn(indices):
         idx = torch.as_tensor(indices, dtype=torch.long)
-        m = video_clip_metrics({k: pred[k][idx] for k in subset_keys})
-        return {k: m[k] for k in ("accuracy", "f1_macro")}
+        return classification_metrics(pred["logits"][idx], pred["labels"][idx])
     return {prefix + k: float(v) for k, v in bootstrap(metric_fn, len(pred["labels"]), num_samples).items()}
 
 

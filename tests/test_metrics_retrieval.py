@@ -1,10 +1,15 @@
-"""metrics/retrieval.py on constructed cases (hand-computed ranks) and against a brute-force loop.
+"""metrics/retrieval.py on constructed cases (hand-computed ranks), against a brute-force loop, and the
+chunked retrieval_metrics_from_embeddings against retrieval_metrics on the full product.
 Run: python -m pytest -q tests/test_metrics_retrieval.py"""
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
 
-from metrics.retrieval import alignment_statistics, retrieval_metrics
+from metrics import retrieval
+from metrics.retrieval import (alignment_statistics, matched_similarity, retrieval_metrics,
+                               retrieval_metrics_from_embeddings)
 
 
 def test_diagonal_hand_computed():
@@ -78,3 +83,86 @@ def test_bad_input():
         retrieval_metrics(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="text_groups"):
         retrieval_metrics(np.zeros((2, 3)), [0, 1], [0, 1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# chunked retrieval: retrieval_metrics_from_embeddings == retrieval_metrics(image @ text.T)
+
+CHUNKS = (16, 256, 999, 2000, 4096)        # 999 does not divide 2,000; 2000 and 4096 give a single block
+
+
+def quantized_embeddings(rng, count, width=12):
+    """(count, width) entries k / 4 with |k| <= 2: each dot product is a multiple of 1/16 below 12 in size,
+    exact in float32 whatever order the BLAS sums in, and equal values (ties) are frequent."""
+    return torch.from_numpy(rng.integers(-2, 3, (count, width)) / 4).float()
+
+
+def test_chunked_equals_full_with_ties_and_groups():
+    rng = np.random.default_rng(0)
+    image, text = quantized_embeddings(rng, 2000), quantized_embeddings(rng, 1900)
+    text[1700:] = text[:200]                                        # duplicate reports: exact ties
+    image_groups, text_groups = rng.integers(0, 900, 2000), rng.integers(0, 900, 1900)   # several positives
+    similarity = image @ text.T                                     # (2000, 1900)
+    assert len(np.unique(similarity.numpy())) < 400                 # ~3.8M pairs on a few hundred values
+    full = retrieval_metrics(similarity, image_groups, text_groups)
+    assert full["i2t/queries_without_positive"] > 0 and full["t2i/queries_without_positive"] > 0
+    for chunk in (7,) + CHUNKS:                                     # exact products: any chunk agrees
+        assert retrieval_metrics_from_embeddings(image, text, image_groups, text_groups, chunk=chunk) == full
+    square_text = quantized_embeddings(rng, 2000)
+    full = retrieval_metrics(image @ square_text.T, ks=(1, 5, 10, 50))
+    names = np.array([f"study{i}" for i in range(2000)])
+    for chunk in CHUNKS:
+        assert retrieval_metrics_from_embeddings(image, square_text, ks=(1, 5, 10, 50), chunk=chunk) == full
+        assert retrieval_metrics_from_embeddings(image.numpy(), square_text.numpy(), names, names,
+                                                 ks=(1, 5, 10, 50), chunk=chunk) == full
+
+
+def test_chunked_equals_full_on_float_embeddings():
+    # unit embeddings as the models give them: equality needs every block entry to be the full product's
+    # entry bit for bit, as the BLAS gave it here (metrics/retrieval.py docstring)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(2000, 64, generator=generator), dim=-1)
+    text = torch.nn.functional.normalize(image + 0.3 * torch.randn(2000, 64, generator=generator), dim=-1)
+    groups = np.arange(2000) // 3
+    similarity = image @ text.T
+    full, full_groups = retrieval_metrics(similarity), retrieval_metrics(similarity, groups, groups)
+    assert 0.1 < full["i2t/R@1"] < 0.9                              # neither trivial nor hopeless
+    for chunk in CHUNKS:
+        assert retrieval_metrics_from_embeddings(image, text, chunk=chunk) == full
+        assert retrieval_metrics_from_embeddings(image, text, groups, groups, chunk=chunk) == full_groups
+        assert np.array_equal(matched_similarity(image, text, chunk), similarity.diagonal().numpy())
+
+
+def test_chunked_memory_is_chunk_by_n(monkeypatch):
+    # N = 20,000: the full float32 matrix would take 1.6 GB (3.2 GB as retrieval_metrics' float64 copy)
+    count, chunk = 20000, 256
+    generator = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(count, 8, generator=generator), dim=-1)
+    shapes, block_ranks = [], retrieval._block_ranks
+
+    def recording_block_ranks(similarity, correct, axis):       # every similarity block passes through here
+        shapes.append(similarity.shape)
+        return block_ranks(similarity, correct, axis)
+    monkeypatch.setattr(retrieval, "_block_ranks", recording_block_ranks)
+    tracemalloc.start()                                             # numpy registers its arrays here
+    out = retrieval_metrics_from_embeddings(image, image.clone(), chunk=chunk)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out["i2t/R@1"] == 1.0 and out["t2i/R@1"] == 1.0 and out["t2i/median_rank"] == 1.0
+    assert set(shapes) == {(chunk, count), (count, chunk)} and len(shapes) == 2 * -(-count // chunk)
+    assert peak < 8 * chunk * count                                 # 41 MB; the full matrix is 1.6 GB
+
+
+def test_chunked_bad_input():
+    with pytest.raises(ValueError, match="not square"):
+        retrieval_metrics_from_embeddings(torch.zeros(2, 4), torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="widths differ"):
+        retrieval_metrics_from_embeddings(torch.zeros(2, 4), torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="text_groups"):
+        retrieval_metrics_from_embeddings(torch.zeros(2, 4), torch.zeros(3, 4), [0, 1], [0, 1])
+    with pytest.raises(ValueError, match="chunk"):
+        retrieval_metrics_from_embeddings(torch.zeros(2, 4), torch.zeros(2, 4), chunk=0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        retrieval_metrics_from_embeddings(torch.tensor([[1.0, float("nan")], [0, 1]]), torch.eye(2), chunk=1)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        retrieval_metrics_from_embeddings(torch.full((2, 2), 3e38), torch.full((2, 2), 3e38))   # overflow
