@@ -332,8 +332,8 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
 
     # optimizer + scaler
     optimizer = training.build_optimizer(model, p.lr, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay(),
-                                         lr_scales=lr_scales(p))
-    ddp_model = training.wrap_ddp(model, device)     # torchrun: DDP; the model itself in one process
+                                         lr_scales=lr_scales(p), fused=training.fused_adamw(cfg.train, device))
+    ddp_model = training.step_module(model, device, cfg.train)   # train.compile / channels_last; torchrun: DDP
 
     # resume: same phase -> exact continuation; earlier phase -> its weights, a fresh optimizer at step 0
     step, best_metric = 0, float("inf")

@@ -275,8 +275,9 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     trainable = training.set_trainable(model, trainable_patterns(stage, freeze_backbone, task_head))
     lr_scales = {"backbone.*": stage_cfg.backbone_lr_scale} if stage == 1 else None
     optimizer = training.build_optimizer(model, stage_cfg.lr, cfg.train.weight_decay,
-                                         no_weight_decay=model.no_weight_decay(), lr_scales=lr_scales)
-    ddp_model = training.wrap_ddp(model, device)     # torchrun: DDP of this stage (after its freezing)
+                                         no_weight_decay=model.no_weight_decay(), lr_scales=lr_scales,
+                                         fused=training.fused_adamw(cfg.train, device))
+    ddp_model = training.step_module(model, device, cfg.train)   # train.compile; torchrun: DDP of this stage
 
     # resume (same stage: optimizer, scaler, step, RNG)
     step, best_metric = 0, float("-inf")

@@ -168,9 +168,10 @@ def train(cfg, out_dir, resume=None):
               f"use_ib={phase.use_ib}, trainable {patterns}")
         trainable = training.set_trainable(model, patterns)
         optimizer = training.build_optimizer(model, phase.lr, cfg.train.weight_decay,
-                                             no_weight_decay=model.no_weight_decay())
-        # torchrun: DDP rebuilt for each phase's freezing; heads a phase switches off get no gradient
-        ddp_model = training.wrap_ddp(model, device, find_unused_parameters=True)
+                                             no_weight_decay=model.no_weight_decay(),
+                                             fused=training.fused_adamw(cfg.train, device))
+        # train.compile; torchrun: DDP rebuilt for each phase's freezing (heads a phase switches off get no gradient)
+        ddp_model = training.step_module(model, device, cfg.train, find_unused_parameters=True)
         if resume_ckpt is not None:     # exact resume: RNG always, optimizer state within the same phase
             if resume_ckpt["phase"] == phase.name and resume_ckpt.get("optimizer"):
                 optimizer.load_state_dict(resume_ckpt["optimizer"])

@@ -145,8 +145,9 @@ def train(cfg, out_dir, resume=None):
 
     # optimizer + scaler
     optimizer = training.build_optimizer(model, cfg.train.lr, cfg.train.weight_decay,
-                                         no_weight_decay=model.no_weight_decay())
-    ddp_model = training.wrap_ddp(model, device)     # torchrun: DDP; the model itself in one process
+                                         no_weight_decay=model.no_weight_decay(),
+                                         fused=training.fused_adamw(cfg.train, device))
+    ddp_model = training.step_module(model, device, cfg.train)   # train.compile / channels_last; torchrun: DDP
 
     # resume
     step, best_metric = 0, float("-inf")

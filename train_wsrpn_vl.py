@@ -293,7 +293,8 @@ def main(argv=None):
     trainable = training.set_trainable(model, trainable_patterns(cfg))
     roi_branch = ["wsrpn.roi_tokens", "wsrpn.roi_attention.*", "wsrpn.gaussian_predictor.*", "wsrpn.soft_roi_pool.*"]
     optimizer = training.build_optimizer(model, t.lr, t.weight_decay, no_weight_decay=model.no_weight_decay(),
-                                         lr_scales={pattern: t.roi_lr_scale for pattern in roi_branch})
+                                         lr_scales={pattern: t.roi_lr_scale for pattern in roi_branch},
+                                         fused=training.fused_adamw(t, device))
 
     # --- resume
     step, start_epoch, start_batch, best_metric = 0, 0, 0, float("-inf")
@@ -331,7 +332,9 @@ def main(argv=None):
         if training.world_size() > 1 and text_terms != ddp_text:
             patterns = TRAINABLE["image side"] + (TRAINABLE["text branch"] if text_terms else [])
             trainable = training.set_trainable(model, patterns)
-            ddp_model, ddp_text = training.wrap_ddp(model, device), text_terms
+            ddp_model, ddp_text = training.step_module(model, device, t), text_terms
+        elif ddp_model is None:         # one process: the model with train.compile / channels_last
+            ddp_model = training.step_module(model, device, t)
         model.train()
         loader = epoch_loader(train_set, t.batch_size, t.seed, epoch, start_batch=start_batch,
                               num_workers=cfg.data.num_workers, rank=training.rank(), world_size=training.world_size())
@@ -342,7 +345,7 @@ def main(argv=None):
             started = time.perf_counter()  # data_s: waiting for this batch; s_per_step: the step itself
             lr = training.get_lr(step, t.lr, t.warmup_steps, total_steps, t.min_lr)
             training.set_lr(optimizer, lr)
-            out, loss, terms, stats, grad_norm = train_step(ddp_model or model, batch, optimizer, scaler, trainable, ctx,
+            out, loss, terms, stats, grad_norm = train_step(ddp_model, batch, optimizer, scaler, trainable, ctx,
                                                             cfg, weights, text_encoder, contrastive_loss, device, step)
             step += 1
             logger.log(echo=step % t.log_interval == 0, step=step, epoch=epoch, phase=weights["phase"],

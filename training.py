@@ -442,6 +442,36 @@ def wrap_ddp(model, device, find_unused_parameters=False):
                                    find_unused_parameters=find_unused_parameters)
 
 
+def to_channels_last(model):
+    """Every 4-dim weight in channels-last memory, every 5-dim one in channels-last-3d, in place (a convolution
+    with such a weight gives channels-last outputs, which cuDNN runs faster on tensor cores)."""
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    for p in model.parameters():
+        if p.dim() in formats:
+            p.data = p.data.contiguous(memory_format=formats[p.dim()])
+    return model
+
+
+def step_module(model, device, train_cfg, find_unused_parameters=False):
+    """The module each training step calls: `model` with the speed options of train.* (channels_last: CNN weights
+    channels-last, in place; compile: torch.compile, compiled during the first steps) and, under torchrun, DDP
+    (wrap_ddp). Build it after set_trainable, again when requires_grad changes; save, evaluate and call methods on
+    the bare model. `python -m benchmarks.step SYSTEM --variants default,compile,channels_last` measures both."""
+    if train_cfg.get("channels_last"):
+        to_channels_last(model)
+    module = wrap_ddp(model, device, find_unused_parameters)
+    return torch.compile(module) if train_cfg.get("compile") else module
+
+
+def fused_adamw(train_cfg, device):
+    """train.fused_adamw -> build_optimizer's `fused`: torch's one-kernel AdamW, a CUDA option."""
+    if not train_cfg.get("fused_adamw"):
+        return None
+    if device.type != "cuda":
+        raise ConfigError(f"train.fused_adamw=true needs a CUDA device (this run uses {device.type}); set it false")
+    return True
+
+
 def gradient_sync(model, sync):
     """The context of one micro-batch's forward and backward under gradient accumulation: DDP's no_sync() (the
     gradients stay local and add up) unless `sync`, the last micro-batch of an optimizer step, whose backward

@@ -17,8 +17,9 @@ process's peak RSS, model build included), model FLOPs per step (torch.utils.flo
 matrix products, convolutions and attention, forward + backward), achieved TFLOP/s and MFU = achieved /
 PEAK_TFLOPS of the device (dense bf16 tensor-core peak from the vendor's data sheet; on an unknown device
 and on CPU no MFU is given). Variants: default (train.dtype auto: bf16 autocast on CUDA, float32 on CPU), fp32
-(no autocast), fused_adamw (torch's fused CUDA AdamW), compile (torch.compile of the model), channels_last
-(CNN systems: channels-last weights and inputs). CheXQuery adds generation: reports/s of beam search with the
+(no autocast), and the training switches train.fused_adamw (torch's fused CUDA AdamW), train.compile
+(torch.compile of the step's model) and train.channels_last (CNN systems: channels-last weights), each set
+alone, exactly as a training run sets them (training.step_module, training.fused_adamw). CheXQuery adds generation: reports/s of beam search with the
 config's beam settings, min_length = max_length = --gen-tokens so every report has the same length.
 """
 import argparse
@@ -73,23 +74,23 @@ def report_text(words):
 # one adapter per system: -> dict(model, step(batch, step), batch(), samples, note); each calls the script's
 # own build_model, freezing table and training step
 
-def _optimizer(model, lr, cfg, fused, no_weight_decay=(), lr_scales=None):
+def _optimizer(model, lr, cfg, device, no_weight_decay=(), lr_scales=None):
     return training.build_optimizer(model, lr, cfg.train.weight_decay, no_weight_decay=no_weight_decay,
-                                    lr_scales=lr_scales, fused=fused)
+                                    lr_scales=lr_scales, fused=training.fused_adamw(cfg.train, device))
 
 
-def bench_chexquery(script, cfg, phase, device, ctx, scaler, fused, wrap):
+def bench_chexquery(script, cfg, phase, device, ctx, scaler):
     from transformers import AutoTokenizer
     from hub.pretrained import load_hf
     phase = int(phase)
     p, accum = script.phase_settings(cfg, phase)
     model = script.build_model(cfg).to(device)
     trainable = training.set_trainable(model, script.trainable_patterns(model, phase), verbose=False)
-    optimizer = _optimizer(model, p.lr, cfg, fused, model.no_weight_decay(), script.lr_scales(p))
+    optimizer = _optimizer(model, p.lr, cfg, device, model.no_weight_decay(), script.lr_scales(p))
     # paper tokenizer (T5's) is not on disk offline: the tiny hub's T5 tokenizer, ids inside T5's vocabulary
     tokenizer = (script.load_tokenizer_for(cfg) if cfg.model.pretrained else load_hf(AutoTokenizer, "tiny-hub/t5-span"))
     prompt = script.prompt_prefix(cfg.data.prompt_template)
-    run = wrap(model)
+    run = training.step_module(model, device, cfg.train)   # train.compile / channels_last as in training
     size, b = cfg.data.image_size, p.batch_size
     text = report_text(SYNTHETIC_WORDS["chexquery"])
 
@@ -107,7 +108,7 @@ def bench_chexquery(script, cfg, phase, device, ctx, scaler, fused, wrap):
                 note=f"phase {phase}: micro-batch {b} x {accum}, {size} px, {tokens} target tokens")
 
 
-def bench_wsrpn_vl(script, cfg, phase, device, ctx, scaler, fused, wrap):
+def bench_wsrpn_vl(script, cfg, phase, device, ctx, scaler):
     from models.vl_losses import ContrastiveVLLoss
     epoch = {"1": 0, "2": cfg.loss.warmup_epochs, "3": cfg.loss.gaussian_start_epoch}[str(phase)]
     text_encoder = script.build_text_encoder(cfg).to(device)
@@ -115,8 +116,8 @@ def bench_wsrpn_vl(script, cfg, phase, device, ctx, scaler, fused, wrap):
     weights = script.build_scheduler(cfg).weights(epoch)
     contrastive = ContrastiveVLLoss(cfg.loss.contrastive_temperature)
     trainable = training.set_trainable(model, script.trainable_patterns(cfg), verbose=False)
-    optimizer = _optimizer(model, cfg.train.lr, cfg, fused, model.no_weight_decay())
-    run = wrap(model)
+    optimizer = _optimizer(model, cfg.train.lr, cfg, device, model.no_weight_decay())
+    run = training.step_module(model, device, cfg.train)   # train.compile / channels_last as in training
     b, size, classes = cfg.train.batch_size, cfg.data.image_size, list(cfg.data.classes)
 
     def batch():
@@ -132,7 +133,7 @@ def bench_wsrpn_vl(script, cfg, phase, device, ctx, scaler, fused, wrap):
                 note=f"phase {weights['phase']}: {b} images x {cfg.train.n_views} views, {size} px")
 
 
-def bench_concept_cam(script, cfg, phase, device, ctx, scaler, fused, wrap):
+def bench_concept_cam(script, cfg, phase, device, ctx, scaler):
     from data.labels import VINDR_CONCEPTS, VINDR_DISEASES
     stage = int(phase)
     cfg.data["dataset"] = "vindr"                 # the synthetic batch carries VinDr-style boxes
@@ -142,8 +143,8 @@ def bench_concept_cam(script, cfg, phase, device, ctx, scaler, fused, wrap):
     trainable = training.set_trainable(model, script.trainable_patterns(stage, freeze, cfg.stage3.task_head),
                                        verbose=False)
     lr_scales = {"backbone.*": stage_cfg.backbone_lr_scale} if stage == 1 else None
-    optimizer = _optimizer(model, stage_cfg.lr, cfg, fused, model.no_weight_decay(), lr_scales)
-    run = wrap(model)
+    optimizer = _optimizer(model, stage_cfg.lr, cfg, device, model.no_weight_decay(), lr_scales)
+    run = training.step_module(model, device, cfg.train)   # train.compile / channels_last as in training
     grid = model.backbone.patch_embed.grid_size
     b, size, K = cfg.train.batch_size, cfg.model.image_size, len(VINDR_CONCEPTS)
     pos_weight = torch.ones(K, device=device) if stage < 3 else torch.ones(len(VINDR_DISEASES), device=device)
@@ -161,15 +162,15 @@ def bench_concept_cam(script, cfg, phase, device, ctx, scaler, fused, wrap):
     return dict(model=model, step=step, batch=batch, samples=b, note=f"stage {stage}: {b} images, {size} px")
 
 
-def bench_patch_ib(script, cfg, phase, device, ctx, scaler, fused, wrap):
+def bench_patch_ib(script, cfg, phase, device, ctx, scaler):
     import fnmatch
     spec = training.Config(name=phase, **cfg.phases[phase])
     model = script.build_model(cfg).to(device)
     names = [n for n, _ in model.named_parameters()]
     patterns = [p for p in script.PHASE_TRAINABLE[phase] if any(fnmatch.fnmatchcase(n, p) for n in names)]
     trainable = training.set_trainable(model, patterns, verbose=False)
-    optimizer = _optimizer(model, spec.lr, cfg, fused, model.no_weight_decay())
-    run = wrap(model)
+    optimizer = _optimizer(model, spec.lr, cfg, device, model.no_weight_decay())
+    run = training.step_module(model, device, cfg.train)   # train.compile / channels_last as in training
     b, size = cfg.train.batch_size, cfg.data.image_size
     text = report_text(SYNTHETIC_WORDS["patch_ib"])
 
@@ -185,11 +186,11 @@ def bench_patch_ib(script, cfg, phase, device, ctx, scaler, fused, wrap):
                      f"(padded to {cfg.model.max_text_length} where the tower pads)")
 
 
-def bench_video_clip(script, cfg, phase, device, ctx, scaler, fused, wrap):
+def bench_video_clip(script, cfg, phase, device, ctx, scaler):
     model = script.build_model(cfg).to(device)
     trainable = training.set_trainable(model, script.TRAINABLE, verbose=False)
-    optimizer = _optimizer(model, cfg.train.lr, cfg, fused, model.no_weight_decay())
-    run = wrap(model)
+    optimizer = _optimizer(model, cfg.train.lr, cfg, device, model.no_weight_decay())
+    run = training.step_module(model, device, cfg.train)   # train.compile / channels_last as in training
     m, d = cfg.model, cfg.data
     b, T, size = cfg.train.batch_size, d.num_frames, d.image_size
 
@@ -216,27 +217,6 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _to_channels_last(data):
-    """Batch tensors of 4 / 5 dims -> channels-last memory format (what the CNN's input layout becomes)."""
-    def convert(x):
-        if torch.is_tensor(x) and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        if torch.is_tensor(x) and x.dim() == 5:
-            return x.contiguous(memory_format=torch.channels_last_3d)
-        return x
-    if isinstance(data, list):
-        return [_to_channels_last(d) for d in data]
-    return {k: convert(v) for k, v in data.items()}
-
-
-def _channels_last(model):
-    """Every 4-dim weight channels-last, every 5-dim one channels-last-3d (Module.to takes one rank only)."""
-    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
-    for p in model.parameters():
-        if p.dim() in formats:
-            p.data = p.data.contiguous(memory_format=formats[p.dim()])
-
-
 def count_flops(bench, device):
     """Model FLOPs of one training step (forward + backward of every micro-batch), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -250,22 +230,20 @@ def count_flops(bench, device):
 
 def measure(system, cfg, phase, variant, steps, warmup, device, flops=None, gen_tokens=0):
     """Build, warm up, time `steps` steps of one variant; -> dict of figures."""
-    dtype = "float32" if variant == "fp32" else cfg.train.dtype
-    device, ctx, scaler, dtype = training.setup_device(str(device), dtype)
+    cfg = training.Config.wrap(cfg.to_dict())
+    cfg.train["dtype"] = "float32" if variant == "fp32" else cfg.train.dtype
+    cfg.train["compile"] = variant == "compile"
+    cfg.train["channels_last"] = variant == "channels_last"
+    cfg.train["fused_adamw"] = variant == "fused_adamw"
+    device, ctx, scaler, dtype = training.setup_device(str(device), cfg.train.dtype)
     torch.manual_seed(0)
     script = importlib.import_module(SCRIPTS[system])
-    wrap = (lambda m: torch.compile(m)) if variant == "compile" else (lambda m: m)
-    fused = True if variant == "fused_adamw" else None
-    bench = ADAPTERS[system](script, cfg, phase, device, ctx, scaler, fused, wrap)
+    bench = ADAPTERS[system](script, cfg, phase, device, ctx, scaler)
     model = bench["model"]
-    make_batch = bench["batch"]
-    if variant == "channels_last":
-        _channels_last(model)
-        make_batch = lambda: _to_channels_last(bench["batch"]())            # noqa: E731
     model.train()
     if flops is None and variant == "default":
         flops = count_flops(bench, device)
-    batches = [make_batch() for _ in range(2)]                              # reused: no data cost in the timing
+    batches = [bench["batch"]() for _ in range(2)]                              # reused: no data cost in the timing
     started = time.perf_counter()
     for i in range(warmup):
         bench["step"](batches[i % 2], i)

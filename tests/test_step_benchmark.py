@@ -1,5 +1,7 @@
 """benchmarks/step.py: every system's training step timed at tiny size, FLOPs as counted by hand, the phase's
 freezing honoured by the benchmarked step."""
+import json
+
 import torch
 from torch import nn
 
@@ -41,7 +43,7 @@ def test_the_benchmarked_step_trains_only_what_the_phase_trains():
     cfg = training.load_config("configs/tiny/patch_ib.yaml", ["train.batch_size=4"])
     device, ctx, scaler, _ = training.setup_device("cpu", "float32")
     import train_patch_ib
-    b = bench.bench_patch_ib(train_patch_ib, cfg, "bottleneck", device, ctx, scaler, None, lambda m: m)
+    b = bench.bench_patch_ib(train_patch_ib, cfg, "bottleneck", device, ctx, scaler)
     before = {n: p.detach().clone() for n, p in b["model"].named_parameters()}
     b["step"](b["batch"](), 0)
     changed = {n for n, p in b["model"].named_parameters() if not torch.equal(p, before[n])}
@@ -54,3 +56,26 @@ def test_peak_table_matches_device_names():
     names = {"NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H100 PCIe": 756.0, "NVIDIA A100-SXM4-80GB": 312.0}
     for name, peak in names.items():
         assert next(v for k, v in bench.PEAK_TFLOPS if k in name) == peak
+
+
+def test_training_switches_channels_last_and_fused_adamw(tmp_path):
+    """train.channels_last trains the same numbers in another memory layout; train.fused_adamw on a CPU run is one
+    clear error."""
+    import pytest
+    import train_video_clip
+    from tests.test_video_clip import SMALL
+    losses = {}
+    for layout in ("false", "true"):
+        out = tmp_path / layout
+        train_video_clip.main(["--out", str(out), *SMALL, "train.steps=2", "train.eval_interval=2", "train.log_interval=1",
+                               "train.device=cpu", f"train.channels_last={layout}"])
+        losses[layout] = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()
+                          if '"loss"' in line]
+        weights = torch.load(out / "last.pt", weights_only=False)["model"]
+    assert len(losses["true"]) == 2
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+    assert any(w.dim() == 5 and w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous()
+               for w in weights.values())
+    with pytest.raises(training.ConfigError, match="train.fused_adamw=true needs a CUDA device"):
+        train_video_clip.main(["--out", str(tmp_path / "fused"), *SMALL, "train.steps=2", "train.device=cpu",
+                               "train.fused_adamw=true"])
