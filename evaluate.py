@@ -3,6 +3,7 @@
     python evaluate.py --checkpoint runs/wsrpn_vl/<run>/best.pt --split test --bootstrap 250 --visualize 8
     python evaluate.py runs/chexquery/<run>/best.pt --images my_xrays/ --device cpu     # positional works too
     python evaluate.py runs/chexquery/<run>/best.pt --num-beams 1 --max-length 120 eval.max_samples=200
+    python evaluate.py runs/chexquery/<run>/best.pt --export-full best_full.pt   # a self-contained copy
 
 What it does: loads the checkpoint (training.load_checkpoint, no RNG restore), reads
 checkpoint["config"]["system"] (wsrpn_vl | chexquery | concept_cam | video_clip | patch_ib), imports
@@ -19,8 +20,14 @@ Settings for this evaluation only: `key=value` items (as the train scripts take 
 checkpoint's config, except model.* (the weights fix the model); --num-beams, --max-length (generation.*),
 --batch-size and --max-samples (eval.*) are short names for the common ones. With overrides the default
 output is metrics_<split>_<settings>.json, so the run's own metrics.json is left as training wrote it.
+Checkpoints leave out the weights frozen in every phase that came from a named pretrained source (CheXQuery's
+SigLIP and Flan-T5 bases; training.frozen_pretrained): they name the source and a fingerprint, and the model
+is rebuilt from that source, whose weights must match the fingerprint. --export-full OUT.pt evaluates nothing:
+it writes a copy of the checkpoint holding every weight, which loads without the sources (a checkpoint that
+already holds them all is copied as it is).
 Errors are one line each: missing file, checkpoint without config / system, unknown system, a system
-without evaluate_checkpoint, or a non-numeric metric value.
+without evaluate_checkpoint, a pretrained source that cannot be loaded or does not match the checkpoint's
+fingerprint, or a non-numeric metric value.
 """
 import argparse
 import importlib
@@ -60,6 +67,9 @@ def parse_args(argv=None):
     parser.add_argument("--out-dir", dest="out_dir", default=None, help="folder for PNGs (default RUN/vis)")
     parser.add_argument("--output", default=None, help="metrics JSON path (default beside the checkpoint)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export-full", dest="export_full", default=None, metavar="OUT.pt",
+                        help="write a copy of the checkpoint holding every weight (the frozen pretrained ones "
+                             "included) to OUT.pt, and evaluate nothing")
     for flag, key in SHORT_OVERRIDES.items():
         parser.add_argument(flag, type=int, default=None, metavar="N", help=f"sets {key}")
     args = parser.parse_intermixed_args(argv)
@@ -69,6 +79,8 @@ def parse_args(argv=None):
                        if getattr(args, flag[2:].replace("-", "_")) is not None]
     if len(paths) > 1:
         parser.error(f"more than one checkpoint given: {', '.join(paths)} (overrides are key=value)")
+    if args.export_full and args.overrides:
+        parser.error("--export-full copies the checkpoint as it is: it takes no key=value settings")
     fixed = [x for x in args.overrides if x.startswith(("model.", "system="))]
     if fixed:
         parser.error(f"{fixed[0]}: the model comes from the checkpoint's weights; only data.*, eval.*, "
@@ -153,9 +165,38 @@ def output_path(args, checkpoint_path):
     return Path(checkpoint_path).parent / name
 
 
+def export_full(args):
+    """--export-full: the checkpoint with every weight, written to args.export_full. -> its path."""
+    import training
+    source, target = Path(args.checkpoint), Path(args.export_full)
+    if target.exists() and target.resolve() == source.resolve():
+        raise EvaluationError(f"--export-full {target} is the checkpoint itself; give another file")
+    checkpoint, system = load(source)
+    if not checkpoint.get("frozen"):
+        training.atomic_write_bytes(target, source.read_bytes())
+        print(f"{source} holds every weight already: copied to {target}")
+        return target
+    build = getattr(system_module(system), "model_for_checkpoint", None)
+    if build is None:
+        raise EvaluationError(f"{source} leaves out frozen pretrained weights, but train_{system}.py has no "
+                              "model_for_checkpoint(checkpoint, args) to rebuild them")
+    _, model, _, _ = build(checkpoint, argparse.Namespace(checkpoint=str(source), device="cpu", overrides=[]))
+    training.export_full(checkpoint, model, target)
+    sources = ", ".join(sorted({group["source"] for group in checkpoint["frozen"].values()}))
+    print(f"wrote {target} ({target.stat().st_size / 2**20:.1f} MiB; {source}: {source.stat().st_size / 2**20:.1f} "
+          f"MiB) with the frozen weights of {sources}: it loads without them")
+    return target
+
+
 def main(argv=None):
     args = parse_args(argv)
     import training
+    from hub.pretrained import PretrainedLoadError
+    if args.export_full:
+        try:
+            return export_full(args)
+        except (EvaluationError, training.ConfigError, PretrainedLoadError) as error:
+            sys.exit(f"evaluate.py: {error}")
     try:
         checkpoint, system = load(args.checkpoint)
         module = system_module(system)
@@ -168,7 +209,7 @@ def main(argv=None):
             raise EvaluationError(f"--images {args.images}: no such file or folder")
         training.seed_everything(args.seed)
         metrics = check_metrics(module.evaluate_checkpoint(checkpoint, call_args), system)
-    except (EvaluationError, training.ConfigError) as error:
+    except (EvaluationError, training.ConfigError, PretrainedLoadError) as error:
         sys.exit(f"evaluate.py: {error}")
     target = output_path(args, args.checkpoint)
     what = f"--images {args.images}" if args.images else f"split {args.split}"

@@ -78,6 +78,20 @@ def trainable_patterns(model, phase):
     return patterns
 
 
+def frozen_sources(cfg):
+    """Prefix -> pretrained source of the weights frozen in every phase (seed 001 §6.1: the SigLIP and Flan-T5
+    bases; their LoRA adapters are trainable patterns and stay in checkpoints). None with model.pretrained=false:
+    random weights have no source to rebuild them from."""
+    if not cfg.model.pretrained:
+        return {}
+    return {"vision_encoder.model.": cfg.model.vision.name, "text_decoder.model.": cfg.model.decoder.name}
+
+
+def every_phase_trainable(model):
+    """The trainable patterns of all three phases: what is not among them is frozen in every phase."""
+    return [pattern for phase in PHASE_TRAINABLE for pattern in trainable_patterns(model, phase)]
+
+
 def parameter_table(model):
     """component -> {"total": params, phase: trainable params under trainable_patterns}; requires_grad unchanged."""
     table = {}
@@ -254,10 +268,18 @@ def train_reports_of(cfg):
     return [make_chest_phantom(dataset.seed, dataset.start_index + i, 64)["report"] for i in range(len(dataset))], None
 
 
+def model_for_checkpoint(checkpoint, args):
+    """-> (cfg, model holding the checkpoint's weights, in eval mode, device, ctx). A checkpoint holding every
+    weight is built with random weights first (model.pretrained=false: nothing is downloaded); one without its
+    frozen pretrained weights (checkpoint["frozen"]) is built from their sources, which load_weights checks
+    against the stored fingerprints. The condition queries come from the checkpoint: no BERT either way."""
+    overrides = ["model.condition_init=xavier"] if checkpoint.get("frozen") else ["model.pretrained=false"]
+    return training.model_from_checkpoint(checkpoint, args, build_model, overrides=overrides)
+
+
 def evaluate_checkpoint(checkpoint, args):
     """Loaded checkpoint dict + args (.split, .images, .visualize, .out_dir, .device) -> flat dict of floats."""
-    cfg, model, device, ctx = training.model_from_checkpoint(   # the weights come from the checkpoint
-        checkpoint, args, build_model, overrides=["model.pretrained=false"])
+    cfg, model, device, ctx = model_for_checkpoint(checkpoint, args)
     tokenizer = load_tokenizer_for(cfg, checkpoint)
     out_dir = Path(getattr(args, "out_dir", None) or ".")
     if getattr(args, "images", None):
@@ -329,6 +351,7 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     # phase freezing (seed 001 §6.1): printed table of trainable / frozen parameters per module
     print(f"phase {phase} trainable patterns: {trainable_patterns(model, phase)}")
     trainable = training.set_trainable(model, trainable_patterns(model, phase))
+    frozen = training.frozen_pretrained(model, frozen_sources(cfg), every_phase_trainable(model))  # not in checkpoints
 
     # optimizer + scaler
     optimizer = training.build_optimizer(model, p.lr, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay(),
@@ -356,7 +379,7 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
 
     def save(name):
         training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, step // steps_per_epoch, phase,
-                                 best_metric, cfg, tokenizer=tokenizer)
+                                 best_metric, cfg, tokenizer=tokenizer, frozen=frozen)
 
     # loop
     eval_interval = cfg.train.eval_interval or steps_per_epoch

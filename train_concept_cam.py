@@ -79,6 +79,19 @@ def trainable_patterns(stage, freeze_backbone=False, task_head="prototype"):
     return [p for p in STAGE_TRAINABLE[stage] if not (freeze_backbone and p == "backbone.*")]
 
 
+def frozen_sources(cfg):
+    """Prefix -> pretrained source of the weights frozen in every stage: the backbone (model.backbone, a MedMAE
+    file or tiny-hub/mae-vit) with stage1.freeze_backbone=true. Otherwise none: stage 1 trains the backbone, and
+    stages 2-3 take it from the stage-1 checkpoint, a run's output rather than a named source, so it is stored."""
+    return {"backbone.": cfg.model.backbone} if cfg.stage1.freeze_backbone else {}
+
+
+def every_stage_trainable(cfg):
+    """The trainable patterns of all three stages: what is not among them is frozen in every stage."""
+    return [p for stage in STAGE_TRAINABLE
+            for p in trainable_patterns(stage, cfg.stage1.freeze_backbone, cfg.stage3.task_head)]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # data
 
@@ -264,7 +277,9 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     if checkpoint is not None and checkpoint["phase"] > stage:
         raise training.ConfigError(f"{resume} is a stage {checkpoint['phase']} checkpoint; stage {stage} can start "
                                    f"from stage {stage - 1} or resume stage {stage}")
-    model = build_model(cfg, pretrained=checkpoint is None).to(device)
+    pretrained = checkpoint is None or bool(checkpoint.get("frozen"))  # else every weight is in the checkpoint
+    model = build_model(cfg, pretrained=pretrained).to(device)
+    frozen = training.frozen_pretrained(model, frozen_sources(cfg) if pretrained else {}, every_stage_trainable(cfg))
     if checkpoint is not None:
         training.load_weights(model, checkpoint, resume)
     grid = model.backbone.patch_embed.grid_size
@@ -290,7 +305,8 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     logger = training.RunLogger(out_dir, resume_step=step or None)   # a resume drops lines past its step
 
     def save(name, epoch):
-        training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, epoch, stage, best_metric, cfg)
+        training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, epoch, stage, best_metric, cfg,
+                                 frozen=frozen)
 
     # stages 2 and 3 leave the backbone frozen: without augmentation its feature map of an image never changes,
     # so it is computed once per training image before the loop and the stage trains the heads on that table
@@ -366,10 +382,17 @@ def evaluate_run(checkpoint_path, out_dir, visualize, device):
 # ----------------------------------------------------------------------------------------------------------
 # evaluation (evals/concept_cam.py; evaluate.py calls evaluate_checkpoint, the run's final test too)
 
+def model_for_checkpoint(checkpoint, args):
+    """-> (cfg, model holding the checkpoint's weights, in eval mode, device, ctx). Built with random weights
+    first when the checkpoint holds every weight; from model.backbone when it leaves the frozen backbone out
+    (checkpoint["frozen"]), which load_weights checks against the stored fingerprint."""
+    pretrained = bool(checkpoint.get("frozen"))
+    return training.model_from_checkpoint(checkpoint, args, lambda cfg: build_model(cfg, pretrained=pretrained))
+
+
 def evaluate_checkpoint(checkpoint, args):
     """Loaded checkpoint dict + args (.split, .bootstrap, .visualize, .images, .out_dir, .device) -> flat dict."""
-    cfg, model, device, ctx = training.model_from_checkpoint(checkpoint, args,
-                                                             lambda cfg: build_model(cfg, pretrained=False))
+    cfg, model, device, ctx = model_for_checkpoint(checkpoint, args)
     stage, task_head = int(checkpoint["phase"]), cfg.stage3.task_head
     if getattr(args, "images", None):
         transform = build_transform(False, cfg.model.image_size, mean=(MEDMAE_MEAN,) * 3, std=(MEDMAE_STD,) * 3,

@@ -14,6 +14,9 @@ The training loop itself stays written out in each script; this module holds the
 - `get_lr` / `set_lr`: warmup + cosine as a pure function of the optimizer step (nothing to checkpoint).
 - checkpoints: one dict (model, optimizer, scaler, step, epoch, phase, best_metric, config, RNG states,
   tokenizer files), written atomically (tmp file + os.replace), so `last.pt` is never half written.
+  Parameters frozen in every phase that came from a named pretrained source (`frozen_pretrained`) are
+  left out: the checkpoint names the source and a SHA-256 fingerprint, and loading takes them from the
+  model built from that source after checking the fingerprint (`export_full` writes a self-contained copy).
 - `RunLogger`: JSONL lines in `out_dir/log.jsonl` plus one printed line per log interval.
 - `check_finite`: raises `NonFiniteLoss` with the step and every loss term, before backward, so the run
   stops without touching the last good checkpoint.
@@ -23,6 +26,7 @@ import argparse
 import contextlib
 import difflib
 import fnmatch
+import hashlib
 import io
 import json
 import math
@@ -712,13 +716,63 @@ def write_tokenizer_files(files, directory):
     return directory
 
 
+def fingerprint(state, keys):
+    """SHA-256 (hex) over the name, dtype, shape and bytes of state[key] for each key, in the order given."""
+    digest = hashlib.sha256()
+    for key in keys:
+        tensor = state[key].detach()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def frozen_pretrained(model, sources, trainable=()):
+    """The parameters checkpoints of `model` leave out: {prefix: {"source", "fingerprint", "keys"}}.
+
+    sources: {prefix: name} for the parts built from named pretrained weights (a hub id, a tiny-hub name, a
+    weights file). Give none for parts built with random weights (model.pretrained=false) or loaded from a run's
+    checkpoint: they have no source to rebuild them from, so they are stored in full. trainable: the fnmatch
+    patterns of EVERY phase of the run; a parameter under a prefix that matches one (a LoRA adapter, a head
+    trained in some phase) stays in the checkpoint, and so do buffers. Call it right after the model is built,
+    before any checkpoint weights are loaded, so the fingerprints are those of the sources."""
+    bare = unwrap(model)
+    state = bare.state_dict()
+    names = [n for n, _ in bare.named_parameters(remove_duplicate=False)]   # tied weights under every name
+    frozen = {}
+    for prefix, source in sources.items():
+        keys = [n for n in names if n.startswith(prefix) and n in state
+                and not any(fnmatch.fnmatchcase(n, pattern) for pattern in trainable)]
+        if keys:
+            frozen[prefix] = {"source": str(source), "fingerprint": fingerprint(state, keys), "keys": keys}
+    return frozen
+
+
+def leave_out_frozen(state, frozen, path="checkpoint"):
+    """state without the tensors of the `frozen` groups (frozen_pretrained) that still match their fingerprint
+    -> (stored state, groups left out). A group whose tensors changed is stored in full, with a warning."""
+    stored, left_out = dict(state), {}
+    for prefix, group in (frozen or {}).items():
+        if not set(group["keys"]) <= set(state) or fingerprint(state, group["keys"]) != group["fingerprint"]:
+            print(f"warning: the parameters {prefix}* changed since they were loaded from {group['source']!r} "
+                  f"(declared frozen in every phase); {path} stores them in full")
+            continue
+        for key in group["keys"]:
+            del stored[key]
+        left_out[prefix] = group
+    return stored, left_out
+
+
 def save_checkpoint(path, model, optimizer, scaler, step, epoch, phase, best_metric, config,
-                    tokenizer=None, **extra):
-    """One dict with everything a resume needs, written atomically to `path`; never non-finite weights."""
+                    tokenizer=None, frozen=None, **extra):
+    """One dict with everything a resume needs, written atomically to `path`; never non-finite weights.
+    frozen (frozen_pretrained): those parameters are left out of "model"; "frozen" names their sources and
+    fingerprints ({} when the checkpoint holds every weight)."""
     state = unwrap(model).state_dict()
     check_weights(state, step, path)
+    state, left_out = leave_out_frozen(state, frozen, path)
     ckpt = {
         "model": state,
+        "frozen": left_out,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "step": step, "epoch": epoch, "phase": phase, "best_metric": best_metric,
@@ -736,13 +790,17 @@ def save_checkpoint(path, model, optimizer, scaler, step, epoch, phase, best_met
 
 def load_weights(model, checkpoint, path="checkpoint", strict=True):
     """checkpoint["model"] into model. Weights of another system or architecture are one ConfigError naming the
-    checkpoint's system and a few of the differing keys, instead of torch's dump of every key."""
+    checkpoint's system and a few of the differing keys, instead of torch's dump of every key. The frozen
+    pretrained weights a checkpoint left out (checkpoint["frozen"]) stay those of `model`, which must have been
+    built from the same sources: a fingerprint that differs is one ConfigError naming the source."""
     state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise ConfigError(f"{path}: no 'model' state dict inside; expected a checkpoint written by a train_*.py")
     own = unwrap(model).state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    frozen = checkpoint.get("frozen") or {}
+    left_out = {key for group in frozen.values() for key in group["keys"]}
+    missing = [k for k in own if k not in state and k not in left_out]
+    unexpected = [k for k in list(state) + sorted(left_out) if k not in own]
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if strict and (missing or unexpected or shapes):
         system = (checkpoint.get("config") or {}).get("system")
@@ -750,7 +808,28 @@ def load_weights(model, checkpoint, path="checkpoint", strict=True):
                  for name, v in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
         raise ConfigError(f"{path}: a checkpoint of system {system!r} whose weights do not fit this model: "
                           f"{'; '.join(parts)} keys; give a checkpoint of this system and model config")
+    for prefix, group in frozen.items():
+        keys = [k for k in group["keys"] if k in own]
+        if fingerprint(own, keys) != group["fingerprint"]:
+            raise ConfigError(
+                f"{path} leaves out the frozen pretrained weights {prefix}* ({len(keys)} tensors from "
+                f"{group['source']!r}), and the model built here does not match their fingerprint: build it from "
+                f"{group['source']!r} unchanged (model.pretrained=true), or write a copy holding every weight on a "
+                f"machine that has it (python evaluate.py {path} --export-full FULL.pt)")
+    state = {**{k: own[k] for k in left_out if k in own}, **state}
     return unwrap(model).load_state_dict(state, strict=strict)
+
+
+def export_full(checkpoint, model, out):
+    """Write `checkpoint` (atomically, to `out`) with every weight in "model" and "frozen" empty: the frozen
+    pretrained weights it left out are taken from `model`, which holds its weights (load_weights checked their
+    fingerprints). The copy loads without the sources, e.g. into a model built with model.pretrained=false."""
+    stored = checkpoint["model"]
+    state = {k: stored[k] if k in stored else v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({**checkpoint, "model": state, "frozen": {}}, buffer)
+    atomic_write_bytes(out, buffer.getvalue())
+    return Path(out)
 
 
 def config_changes(old, new, allowed=("train.", "eval.", "generation.")):

@@ -71,11 +71,13 @@ def test_two_step_smoke_run_and_phase_resume(tmp_path, capsys):
     out2 = tmp_path / "p2"
     T.main(["--phase", "2", "--resume", str(out1 / "best.pt"), "--out", str(out2)] + SMALL)
     assert "phase 2 starts from the phase 1 weights" in capsys.readouterr().out
-    p1 = torch.load(out1 / "best.pt", map_location="cpu", weights_only=False)["model"]
+    p1_checkpoint = torch.load(out1 / "best.pt", map_location="cpu", weights_only=False)
+    p1 = p1_checkpoint["model"]
     p2 = torch.load(out2 / "best.pt", map_location="cpu", weights_only=False)
     assert p2["phase"] == 2
-    key = "vision_encoder.model.encoder.layers.0.self_attn.k_proj.weight"
-    assert torch.equal(p1[key], p2["model"][key])
+    key = "vision_encoder.model.encoder.layers.0.self_attn.k_proj.weight"   # frozen pretrained: left out of both,
+    assert key not in p1 and key not in p2["model"]                         # named by source and fingerprint
+    assert p1_checkpoint["frozen"] == p2["frozen"] and key in p2["frozen"]["vision_encoder.model."]["keys"]
     lora = "vision_encoder.model.encoder.layers.0.self_attn.q_proj.lora_B.default.weight"
     assert torch.equal(p1[lora], torch.zeros_like(p1[lora])) and not torch.equal(p1[lora], p2["model"][lora])
     assert not torch.equal(p1["condition_queries.queries"], p2["model"]["condition_queries.queries"])

@@ -74,7 +74,11 @@ def test_stage1_frozen_backbone_keeps_pretrained_weights(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "trainable = ['concept_head.*']" in printed
     pretrained = script.build_model(cfg).state_dict()
-    trained = weights(best)
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    assert "backbone.pos_embed" not in checkpoint["model"] and set(checkpoint["frozen"]) == {"backbone."}
+    model = script.build_model(cfg)                 # the frozen backbone comes from model.backbone, checked
+    training.load_weights(model, checkpoint, best)  # against the checkpoint's fingerprint
+    trained = model.state_dict()
     assert same(pretrained, trained, "backbone.") and not same(pretrained, trained, "concept_head.")
 
 
