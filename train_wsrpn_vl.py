@@ -125,9 +125,13 @@ def build_model(cfg, text_dim):
 
 
 def build_text_encoder(cfg):
+    """The frozen caption encoder (seed 000: vl_freeze_text_encoder=true). It lives outside the model: the optimizer
+    and the checkpoints never hold it, so fine-tuning it is refused rather than silently not done."""
     m = cfg.model
-    return TextEncoder(m.vl_text_model, max_length=m.text_max_length, freeze=m.vl_freeze_text_encoder,
-                       pretrained=m.pretrained)
+    if not m.vl_freeze_text_encoder:
+        raise training.ConfigError("model.vl_freeze_text_encoder=false is not supported: the text encoder stays "
+                                   "frozen outside the trained model (seed 000 freezes it); set it true")
+    return TextEncoder(m.vl_text_model, max_length=m.text_max_length, freeze=True, pretrained=m.pretrained)
 
 
 def build_scheduler(cfg):

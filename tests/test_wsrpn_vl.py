@@ -161,3 +161,13 @@ def test_nih_wsrpn_split_trains_on_patients_without_boxes(tmp_path):
     assert box_patients == patients["val"] | patients["test"]
     split_file = tmp_path / "splits" / "nih_wsrpn_patient_split_seed0.json"
     assert set(json.loads(split_file.read_text())["patients"].values()) <= {"val", "test"}
+
+
+def test_unfrozen_text_encoder_is_refused_not_ignored(tmp_path):
+    """The text encoder is outside the optimizer and the checkpoints: vl_freeze_text_encoder=false would train
+    nothing, so it is one ConfigError before any data or model is built."""
+    import training
+    import train_wsrpn_vl
+    with pytest.raises(training.ConfigError, match="vl_freeze_text_encoder=false is not supported"):
+        train_wsrpn_vl.main(["--config", "configs/tiny/wsrpn_vl.yaml", "--out", str(tmp_path / "run"),
+                             "model.vl_freeze_text_encoder=false"])
