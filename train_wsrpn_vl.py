@@ -301,31 +301,37 @@ def main(argv=None):
                                          fused=training.fused_adamw(t, device))
 
     # --- resume
-    step, start_epoch, start_batch, best_metric = 0, 0, 0, float("-inf")
+    step, start_epoch, start_batch, best_metric, best_step = 0, 0, 0, float("-inf"), 0
     if args.resume:
         ckpt = training.load_checkpoint(args.resume, model, optimizer, scaler, config=cfg)
         step, start_epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt.get("batch_in_epoch", 0)
-        best_metric = ckpt["best_metric"]
+        best_metric, best_step = ckpt["best_metric"], ckpt.get("best_step", 0)
         print(f"resumed {args.resume}: step {step}, epoch {start_epoch}, batch {start_batch}")
     logger = training.RunLogger(out_dir, resume_step=step or None)   # a resume drops lines past its step
 
     def save(path, epoch, batch_in_epoch):
         training.save_checkpoint(path, model, optimizer, scaler, step, epoch, scheduler.phase(epoch), best_metric, cfg,
-                                 tokenizer=text_encoder.tokenizer, batch_in_epoch=batch_in_epoch)
+                                 tokenizer=text_encoder.tokenizer, batch_in_epoch=batch_in_epoch, best_step=best_step)
+
+    last_phase_start = steps_per_epoch * cfg.loss.gaussian_start_epoch   # the first step of the last loss phase
 
     def validate(epoch, batch_in_epoch):
-        nonlocal best_metric
+        """Validation; -> True when early stopping ends the run: train.early_stop_steps steps of the last loss
+        phase without a better eval.select_metric (the reference: validation every 500 steps, stop after 10k)."""
+        nonlocal best_metric, best_step
         metrics = training.run_on_main(evals.wsrpn_vl.evaluate_detection, model, val_set, cfg, device, ctx,
                                        text_encoder, rodeo_too=cfg.eval.select_metric != "map")
         logger.log(step=step, epoch=epoch, phase=scheduler.phase(epoch), **{f"val/{k}": v for k, v in metrics.items()})
         if metrics[cfg.eval.select_metric] > best_metric:
-            best_metric = metrics[cfg.eval.select_metric]
+            best_metric, best_step = metrics[cfg.eval.select_metric], step
             save(out_dir / "best.pt", *((epoch + 1, 0) if batch_in_epoch == steps_per_epoch else (epoch, batch_in_epoch)))
         model.train()
+        patience = t.early_stop_steps
+        return bool(patience) and step > last_phase_start and step - max(best_step, last_phase_start) >= patience
 
     # --- loop
     stop_after = None if args.phase == "all" else int(args.phase)
-    finished, ddp_model, ddp_text = False, None, None
+    finished, early_stopped, ddp_model, ddp_text = False, False, None, None
     for epoch in range(start_epoch, t.epochs):
         weights = scheduler.weights(epoch)
         if stop_after is not None and weights["phase"] > stop_after:
@@ -357,19 +363,25 @@ def main(argv=None):
                        **training.mean_over_ranks({"loss": loss, **terms, **stats, "sigma_mean": out["sigma"].mean()}),
                        lr=lr, grad_norm=grad_norm.item(),
                        s_per_step=time.perf_counter() - started, data_s=started - ready)
-            if t.eval_interval and step % t.eval_interval == 0:
-                validate(epoch, batch_index + 1)
+            if t.eval_interval and step % t.eval_interval == 0 and validate(epoch, batch_index + 1):
+                early_stopped = True
+                save(out_dir / "last.pt", epoch, batch_index + 1)
+                print(f"early stop at step {step}: no better val {cfg.eval.select_metric} for {step - max(best_step, last_phase_start)} "
+                      f"steps (train.early_stop_steps {t.early_stop_steps}; best {best_metric:.4f} at step {best_step})")
+                break
             if t.stop_after_steps and step >= t.stop_after_steps:
                 finished = True
                 save(out_dir / "last.pt", epoch, batch_index + 1)
                 break
             ready = time.perf_counter()
         start_batch = 0
-        if finished:
+        if finished or early_stopped:
             break
         save(out_dir / "last.pt", epoch + 1, 0)
-        if not t.eval_interval or (epoch + 1 == t.epochs and step % t.eval_interval):
-            validate(epoch, steps_per_epoch)
+        if (not t.eval_interval or (epoch + 1 == t.epochs and step % t.eval_interval)) and validate(epoch, steps_per_epoch):
+            print(f"early stop after epoch {epoch}: no better val {cfg.eval.select_metric} for "
+                  f"{step - max(best_step, last_phase_start)} steps (train.early_stop_steps {t.early_stop_steps})")
+            break
     if finished and step < total_steps:   # stopped early (train.stop_after_steps): resume from last.pt, no test
         print(f"stopped at step {step} of {total_steps} (train.stop_after_steps); --resume {out_dir / 'last.pt'}")
         return out_dir

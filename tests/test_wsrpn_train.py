@@ -208,3 +208,24 @@ def test_eval_interval_counts_steps_and_stop_after_steps_leaves_a_resumable_run(
     assert [r["step"] for r in rows] == [2, 4]
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 5
     assert (out / "best.pt").exists() and not (out / "metrics.json").exists()
+
+
+def test_early_stopping_counts_steps_of_the_last_phase_without_improvement(tmp_path, monkeypatch):
+    """train.early_stop_steps=3 with a validation score that only falls: the best stays at the first validation,
+    the earlier phases never stop the run, and it ends 3 steps into the last phase, with last.pt there and
+    best.pt from step 1."""
+    import evals.wsrpn_vl
+    calls = []
+
+    def falling(*args, **kwargs):
+        calls.append(1)
+        return {"rodeo/total": -float(len(calls))}
+
+    monkeypatch.setattr(evals.wsrpn_vl, "evaluate_detection", falling)
+    out = train_wsrpn_vl.main(["--out", str(tmp_path), *TINY, "train.epochs=4", "train.eval_interval=1",
+                               "train.early_stop_steps=3", "eval.select_metric=rodeo/total", "eval.final_test=false"])
+    rows = read_log(out / "log.jsonl")
+    last_phase_start = min(r["step"] for r in rows if r["phase"] == 3) - 1     # steps done before phase 3
+    assert last_phase_start >= 3 and rows[-1]["step"] == last_phase_start + 3 == len(calls)
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == last_phase_start + 3
+    assert torch.load(out / "best.pt", weights_only=False)["step"] == 1
