@@ -643,14 +643,15 @@ def atomic_write_bytes(path, data):
 
 def write_metrics(path, metrics, checkpoint, step):
     """metrics.json (atomically): "checkpoint" (the scored file, relative to the metrics file's folder when it
-    lies inside it) and "checkpoint_step" first, then the flat metric values."""
+    lies inside it) and "checkpoint_step" first, then the flat metric values. Strict JSON: a NaN or infinite
+    value (an AUROC of a class without positives, ...) is written as null, never as bare NaN / Infinity."""
     path, checkpoint = Path(path), Path(checkpoint)
     try:
         name = str(checkpoint.resolve().relative_to(path.parent.resolve()))
     except ValueError:
         name = str(checkpoint.resolve())
-    payload = {"checkpoint": name, "checkpoint_step": step, **metrics}
-    atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
+    payload = {"checkpoint": name, "checkpoint_step": step, **strict_json(dict(metrics))}
+    atomic_write_bytes(path, json.dumps(payload, indent=1, allow_nan=False).encode())
 
 
 def unwrap(model):
@@ -919,13 +920,14 @@ def check_weights(state, step, path=None):
                             f"{', ...' if len(bad) > 3 else ''}){where}. The last good checkpoint was left untouched.")
 
 
-def _strict_json(value):
-    """NaN / inf -> None (strict JSON readers reject bare NaN); tensors -> numbers."""
+def strict_json(value):
+    """NaN / inf -> None (strict JSON readers reject bare NaN); tensors and numpy values -> numbers."""
     value = (value.item() if value.numel() == 1 else value.tolist()) if isinstance(value, torch.Tensor) else value
+    value = value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
     if isinstance(value, (list, tuple)):
-        return [_strict_json(v) for v in value]
+        return [strict_json(v) for v in value]
     if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
+        return {k: strict_json(v) for k, v in value.items()}
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
@@ -960,7 +962,7 @@ class RunLogger:
     def log(self, echo=True, **record):
         if not self.enabled:
             return
-        record = {k: _strict_json(v) for k, v in record.items()}
+        record = {k: strict_json(v) for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
         if echo:

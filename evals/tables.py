@@ -41,8 +41,8 @@ def collect_runs(rows, seeds, run_dir_of, train, done=("metrics.json",), read=re
 
 
 def values_of(runs, key):
-    """[metrics dict per seed] -> the values of `key` (NaN where a run lacks it)."""
-    return [float(r.get(key, math.nan)) for r in runs]
+    """[metrics dict per seed] -> the values of `key` (NaN where a run lacks it or holds null, metrics.json's NaN)."""
+    return [math.nan if r.get(key) is None else float(r[key]) for r in runs]
 
 
 def mean_std_cells(runs, keys, missing="n/a"):
@@ -66,11 +66,12 @@ def markdown(header, rows):
 
 
 def write_table(path, lines, json_path=None, data=None):
-    """Write the table (and its numbers as JSON), print it, return the text."""
+    """Write the table (and its numbers as strict JSON: NaN as null), print it, return the text."""
     text = "\n".join(lines) + "\n"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text)
     if json_path is not None:
-        Path(json_path).write_text(json.dumps(data, indent=1))
+        from training import strict_json
+        Path(json_path).write_text(json.dumps(strict_json(data), indent=1, allow_nan=False))
     print(text, end="")
     return text

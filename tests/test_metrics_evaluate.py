@@ -52,7 +52,8 @@ def test_dispatch_table_and_metrics_json(tmp_path, fake_system, capsys):
     assert sorted(p.name for p in (tmp_path / "run" / "vis").iterdir()) == ["map_0.png", "map_1.png"]
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written.pop("checkpoint") == "best.pt" and written.pop("checkpoint_step") == 1   # what it scored
-    assert written["score/total"] == 2.0 and written["count"] == 3.0 and metrics == pytest.approx(written, nan_ok=True)
+    assert written["score/total"] == 2.0 and written["count"] == 3.0 and written["nan_metric"] is None  # strict JSON
+    assert metrics == pytest.approx({**written, "nan_metric": float("nan")}, nan_ok=True)
     out = capsys.readouterr().out
     assert "| score/total" in out and "2.0000" in out and "nan" in out
     # positional form and another split -> metrics_val.json, metrics.json untouched
