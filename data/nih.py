@@ -66,7 +66,9 @@ def read_data_entry(path, policy):
 
 
 def read_bbox_list(path, policy, known_images):
-    """-> {image_index: [(x1, y1, x2, y2, class index)]} in the 1024 frame."""
+    """-> {image_index: [(x1, y1, x2, y2, class index)]} in the 1024 frame. The file has no key column; a row
+    that repeats another exactly (image, label and box) would count one box twice: a policy message naming both
+    lines, the repeat left out."""
     header, rows = read_csv(path, policy)
     if header[:2] != ["Image Index", "Finding Label"] or len(header) < 6 or not header[2].startswith("Bbox"):
         raise DataError(f"{path}: header {header} is not 'Image Index,Finding Label,Bbox [x,y,w,h]'")
@@ -82,9 +84,10 @@ def read_bbox_list(path, policy, known_images):
         x, y, w, h = (parse_float(cells[2 + k], path, line, column) for k, column in enumerate("xywh"))
         box = (x, y, x + w, y + h)
         check_box(box, BOX_FRAME, BOX_FRAME, f"{path} line {line}")
-        return image, box + (NIH_BOX_CLASSES.index(name),)
+        return line, f"{image} {name} [{x!r}, {y!r}, {w!r}, {h!r}]", (image, box + (NIH_BOX_CLASSES.index(name),))
 
-    for image, box in row_errors(policy, rows, parse):
+    unique = first_of_each(policy, path, "box", row_errors(policy, rows, parse), "each box once (no repeated row)")
+    for image, box in unique.values():
         boxes.setdefault(image, []).append(box)
     return boxes
 

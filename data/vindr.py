@@ -63,9 +63,12 @@ def read_image_labels(path, policy, aggregation):
 
 
 def read_annotations(path, policy, known_images):
-    """-> {image_id: [(x1, y1, x2, y2, concept index)]} in the original-image frame; `No finding` rows skipped."""
+    """-> {image_id: [(x1, y1, x2, y2, concept index)]} in the original-image frame; `No finding` rows skipped.
+    No column is a key: a row that repeats another exactly (image, reader, class and box) would count that
+    reader's box twice, so it is a policy message naming both lines and the repeat is left out."""
     header, rows = read_csv(path, policy)
     col = column_index(header, ["image_id", "class_name"] + BOX_COLUMNS, path)
+    reader = header.index("rad_id") if "rad_id" in header else None
 
     def parse(line, cells):
         image, name = cells[col["image_id"]].strip(), cells[col["class_name"]].strip()
@@ -77,12 +80,13 @@ def read_annotations(path, policy, known_images):
         if image not in known_images:
             raise DataError(f"{path} line {line}: image_id {image} has no row in the image_labels CSV")
         box = tuple(parse_float(cells[col[c]], path, line, c) for c in BOX_COLUMNS)
-        return image, box + (VINDR_CONCEPTS.index(name),)
+        by = f" rad_id {cells[reader].strip()}" if reader is not None else ""
+        return line, f"{image}{by} {name} {list(box)}", (image, box + (VINDR_CONCEPTS.index(name),))
 
     boxes = {}
-    for parsed in row_errors(policy, rows, parse):
-        if parsed is not None:
-            boxes.setdefault(parsed[0], []).append(parsed[1])
+    keyed = [parsed for parsed in row_errors(policy, rows, parse) if parsed is not None]
+    for image, box in first_of_each(policy, path, "box of image_id", keyed, "each box once (no repeated row)").values():
+        boxes.setdefault(image, []).append(box)
     return boxes
 
 
