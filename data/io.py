@@ -11,18 +11,23 @@
 - Keys: `first_of_each` keeps the first row of each key; a repeated key is one policy message naming the
   file, the key and both lines ("uid 42 on lines 7 and 19; expected one row per uid"), the later row left out.
 - Images: `load_image` returns an 8-bit 'L' PIL image, or raises DataError naming the file (missing or not
-  decodable). 16-bit images are scaled min-max to 8 bit. A corrupt image is never replaced by zeros, nor by
-  another record: under on_error=skip a record that fails while loading is None, reported once, and
-  data.sample.collate drops it from its batch.
+  decodable). 16-bit images are scaled min-max to 8 bit. With `draft_size` a JPEG is decoded at the smallest
+  DCT scale (1/2, 1/4, 1/8) that still gives at least that size (Pillow's `draft`): a 3,000-px MIMIC JPEG
+  feeding a 224-px transform decodes at 1/8 of the work. DICOM (`load_dicom`, pydicom optional): modality
+  and VOI LUT applied, MONOCHROME1 inverted. A corrupt image is never replaced by zeros, nor by another record.
 - Patient-level split: made once (seeded shuffle of the sorted patient ids, cut by fractions), saved as JSON
   `{"dataset", "seed", "fractions", "patients": {patient_id: "train"|"val"|"test"}}`, and reused when the
   file exists. A split file that lacks a patient of the data is an error (delete it or pass the right one).
 - `RecordDataset`: the common torch Dataset. An adapter indexes its files into records (plain dicts) and
   this class loads the image, rescales the boxes from the frame they were written in to the loaded image,
   checks that they lie inside it, applies the paired transform and returns the sample dict of data/sample.py.
-  With `on_error="skip"` a record that fails at load time (unreadable image, box outside the image) is
-  reported and the NEXT record is returned instead; `check_images=True` finds such records when the
-  dataset is built, so the count in `summary()` is exact before training.
+  JPEGs are decoded down to the output size of the transform's resize step (data.transforms.decode_size).
+  With `on_error="skip"` a record that fails at load time (unreadable image, box outside the image) is None:
+  data.sample.collate drops it from its batch, and no other record takes its place. Such a failure prints
+  nothing by itself: every loading process (DataLoader workers too) appends it to a JSONL log beside
+  `skip_list`, and after each full pass data.loader.epoch_loader prints `skip_summary()`, ONE line with the
+  count and the path of the JSON list (`skip_list`: [{"index", "id", "image", "message"}]). `check_images=True`
+  finds such records when the dataset is built instead, so the count in `summary()` is exact before training.
 """
 import csv
 import gzip
@@ -30,7 +35,9 @@ import io
 import json
 import os
 import re
+import secrets
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +45,7 @@ import torch
 from PIL import Image
 
 from data.sample import DataError, ErrorPolicy
-from data.transforms import to_tensor_transform
+from data.transforms import decode_size, to_tensor_transform
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -257,14 +264,17 @@ def read_user_images(path):
     return pairs, skipped
 
 
-def load_image(path, context=""):
-    """-> PIL 'L' image; DataError naming the file (and context, e.g. the CSV row) if missing or unreadable."""
+def load_image(path, context="", draft_size=None):
+    """-> PIL 'L' image; DataError naming the file (and context, e.g. the CSV row) if missing or unreadable.
+    draft_size (width, height): a JPEG may be decoded at a reduced DCT scale, to no less than that size."""
     path = Path(path)
     where = f" ({context})" if context else ""
     if not path.exists():
         raise DataError(f"image not found: {path}{where}")
     try:
         with Image.open(path) as image:
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("L", tuple(draft_size))  # grey at 1/2, 1/4 or 1/8 scale, each side >= draft_size
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 return _scale_to_uint8(np.asarray(image, np.float64))
@@ -285,22 +295,31 @@ def require_pydicom():
         import pydicom  # noqa: F401
     except ImportError:
         raise DataError("reading DICOM images needs pydicom: `pip install pydicom`, or convert the images to PNG "
-                        "once and give image_sizes.csv (image_id,height,width of the original DICOM)") from None
+                        "once with `python -m data.prepare vindr --root RAW --out PREPARED` (it needs pydicom "
+                        "too, on any machine) and point data.root at PREPARED") from None
 
 
 def load_dicom(path, context=""):
-    """DICOM -> PIL 'L': VOI LUT when present, MONOCHROME1 inverted, min-max to 8 bit. Needs pydicom."""
+    """DICOM -> PIL 'L': modality LUT, then the VOI LUT or window when present, MONOCHROME1 inverted (so bone
+    is bright), min-max to 8 bit. Needs pydicom."""
     require_pydicom()
     import pydicom
-    from pydicom.pixel_data_handlers.util import apply_voi_lut
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut                      # pydicom >= 3
+    except ImportError:
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut    # pydicom 2
     path = Path(path)
+    where = f" ({context})" if context else ""
     if not path.exists():
-        raise DataError(f"image not found: {path}{f' ({context})' if context else ''}")
+        raise DataError(f"image not found: {path}{where}")
     try:
         dicom = pydicom.dcmread(str(path))
-        pixels = apply_voi_lut(dicom.pixel_array, dicom).astype(np.float64)
+        pixels = apply_voi_lut(apply_modality_lut(dicom.pixel_array, dicom), dicom).astype(np.float64)
     except Exception as error:  # pydicom raises many types for bad files
-        raise DataError(f"cannot read DICOM {path}: {error}") from None
+        raise DataError(f"cannot read DICOM {path}{where}: {error}") from None
+    if pixels.ndim != 2:
+        raise DataError(f"DICOM {path}{where}: pixel data of shape {pixels.shape}; expected one grey frame (rows, "
+                        f"columns)")
     if getattr(dicom, "PhotometricInterpretation", "") == "MONOCHROME1":
         pixels = pixels.max() - pixels
     return _scale_to_uint8(pixels)
@@ -403,7 +422,11 @@ class RecordDataset(torch.utils.data.Dataset):
         self.transform = transform if transform is not None else to_tensor_transform()
         self.policy, self.name = policy, name
         self.records = records
+        self.draft_size = decode_size(self.transform)   # JPEGs decode down to this (None: at full size)
         self.bad = set()   # indices whose record failed to load (on_error=skip), in this process
+        # the JSON list of records that failed to load; each loading process appends to the .jsonl beside it
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        self.skip_list = Path(tempfile.gettempdir()) / f"skipped_{slug}_{os.getpid()}_{secrets.token_hex(3)}.json"
         if check_images:
             self.records = [r for r in records if self._image_ok(r)]
 
@@ -417,7 +440,7 @@ class RecordDataset(torch.utils.data.Dataset):
             return False
 
     def read_image(self, record):
-        return load_image(record["image_path"], record["where"])
+        return load_image(record["image_path"], record["where"], self.draft_size)
 
     def read_report(self, record):
         return record.get("report")
@@ -445,9 +468,32 @@ class RecordDataset(torch.utils.data.Dataset):
         try:
             return self._sample(self.records[index])
         except DataError as error:
-            self.policy(str(error))  # stop: raises; skip: reported and counted once (per loading process)
+            if self.policy.mode == "stop":
+                raise
+            self.policy.skipped.append(str(error))  # counted once per loading process, no line per record
             self.bad.add(index)
+            record = self.records[index]
+            entry = {"index": index, "id": record["id"], "image": str(record["image_path"]), "message": str(error)}
+            with open(self.skip_list.with_suffix(".jsonl"), "a", encoding="utf-8") as log:
+                log.write(json.dumps(entry) + "\n")   # one short append: whole lines even from several workers
             return None
+
+    def skip_summary(self):
+        """After a pass (data.loader.epoch_loader): merge the records that failed to load, in any loading process,
+        into the JSON list `skip_list` -> one line with their count and its path ("" when none failed)."""
+        log = self.skip_list.with_suffix(".jsonl")
+        if not log.exists():
+            return ""
+        failed = {}
+        for line in log.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                failed.setdefault(entry["index"], entry)
+        temporary = self.skip_list.with_suffix(".tmp")
+        temporary.write_text(json.dumps([failed[i] for i in sorted(failed)], indent=1))
+        os.replace(temporary, self.skip_list)
+        return (f"[{self.name}] {len(failed)} of {len(self.records)} records could not be loaded and were left out "
+                f"of their batches (data.on_error=skip); list: {self.skip_list}")
 
     def _sample(self, record):
         image = self.read_image(record)

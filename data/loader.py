@@ -43,6 +43,19 @@ class SeededDataset(Dataset):
         return getattr(self.dataset, name)
 
 
+class EpochLoader(DataLoader):
+    """torch's DataLoader; after a complete pass it prints the dataset's `skip_summary()` if it has one: ONE line
+    with the count and the JSON list of the records that failed to load under data.on_error=skip (data/io.py
+    RecordDataset), however many there were and whichever worker met them."""
+
+    def __iter__(self):
+        yield from super().__iter__()
+        summary = getattr(self.dataset, "skip_summary", None)
+        line = summary() if summary is not None else ""
+        if line:
+            print(line)
+
+
 class EpochSampler(Sampler):
     """Indices of one epoch: a permutation seeded by (seed, epoch), or 0..n-1; skips `start` of them. With
     world_size W > 1, the indices of rank `rank`: its slice of every full global batch of `batch_size`."""
@@ -86,10 +99,10 @@ def epoch_loader(dataset, batch_size, seed, epoch, shuffle=True, start_batch=0, 
         raise ValueError("a loader sharded over processes drops the last partial batch (drop_last=True)")
     sampler = EpochSampler(len(dataset), seed, epoch, shuffle, start=start_batch * batch_size, batch_size=batch_size,
                            rank=rank, world_size=world_size)
-    return DataLoader(dataset, batch_size=batch_size // world_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory,
-                      generator=torch.Generator().manual_seed(seed + epoch),
-                      persistent_workers=False)
+    return EpochLoader(dataset, batch_size=batch_size // world_size, sampler=sampler, num_workers=num_workers,
+                       collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory,
+                       generator=torch.Generator().manual_seed(seed + epoch),
+                       persistent_workers=False)
 
 
 def table_batches(table, batch_size, seed, epoch, shuffle=True, start_batch=0, drop_last=True, rank=0,

@@ -1,7 +1,9 @@
-"""NIH ChestX-ray14: Data_Entry_2017.csv, BBox_List_2017.csv, images/, the official split lists.
+"""NIH ChestX-ray14: Data_Entry_2017(_v2020).csv, BBox_List_2017.csv, images/, the official split lists.
 
 Layout under data.root (research/concept_cam_datasets.md §2, research/wsrpn_rodeo.md §5):
-    Data_Entry_2017.csv   Image Index, Finding Labels, Follow-up #, Patient ID, Patient Age, Patient Gender,
+    Data_Entry_2017_v2020.csv (as the NIH site ships it today) or Data_Entry_2017.csv (older mirrors); the
+                          same columns. When both are there the v2020 file is read; the summary line names it.
+                          Image Index, Finding Labels, Follow-up #, Patient ID, Patient Age, Patient Gender,
                           View Position, OriginalImage[Width, Height], OriginalImagePixelSpacing[x, y]
                           (the commas inside the brackets split the header into extra columns; trailing
                           empty header cells are dropped, the named columns are found by name)
@@ -14,7 +16,8 @@ Design choices:
 - labels (14,) over NIH_LABELS; `Finding Labels` is `|`-joined or exactly `No Finding` (all zeros); an
   unknown name is a bad row.
 - Boxes: x, y, w, h in the 1024-px frame -> x1, y1, x2, y2, rescaled to the image actually loaded (so a
-  downsized copy of the PNGs works) and then moved by the transform. `Infiltrate` is renamed
+  downsized copy of the PNGs works, e.g. one made by `python -m data.prepare nih`) and then moved by the
+  transform. `Infiltrate` is renamed
   `Infiltration`; box_labels index NIH_BOX_CLASSES. A box outside the 1024 frame is a bad row.
 - Splits: split="all" takes every image. split_mode="official": test = test_list.txt, and train/val are
   cut by patient from train_val_list.txt (val_fraction); split_mode="patient": 70/15/15 by patient over
@@ -28,15 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from data.io import (RecordDataset, check_box, column_index, data_root, first_of_each, image_uint8, iterate_samples,
-                     load_or_make_split, make_policy, parse_float, read_csv, read_text, row_errors, save_image,
-                     write_csv)
+from data.io import (RecordDataset, check_box, column_index, data_root, first_existing, first_of_each, image_uint8,
+                     iterate_samples, load_or_make_split, make_policy, parse_float, read_csv, read_text, row_errors,
+                     save_image, write_csv)
 from data.labels import NIH_BOX_CLASSES, NIH_LABELS, PHANTOM_FINDINGS
 from data.sample import DataError
 
 DATASET = "NIH ChestX-ray14"
 BOX_FRAME = 1024  # the boxes' pixel frame: the released 1024 x 1024 PNGs
 BOX_NAME_FIXES = {"Infiltrate": "Infiltration"}
+DATA_ENTRY_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")  # the first one present is read
 DATA_ENTRY_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
                      "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]", ""]
 BBOX_HEADER = ["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]", "", "", ""]
@@ -65,7 +69,7 @@ def read_data_entry(path, policy):
     return list(first_of_each(policy, path, "Image Index", row_errors(policy, rows, parse)).values())
 
 
-def read_bbox_list(path, policy, known_images):
+def read_bbox_list(path, policy, known_images, entry_name="Data_Entry_2017.csv"):
     """-> {image_index: [(x1, y1, x2, y2, class index)]} in the 1024 frame. The file has no key column; a row
     that repeats another exactly (image, label and box) would count one box twice: a policy message naming both
     lines, the repeat left out."""
@@ -80,7 +84,7 @@ def read_bbox_list(path, policy, known_images):
             raise DataError(f"{path} line {line}: unknown box label {cells[1]!r}; expected one of {NIH_BOX_CLASSES} "
                             f"(or 'Infiltrate')")
         if image not in known_images:
-            raise DataError(f"{path} line {line}: image {image} has no row in Data_Entry_2017.csv")
+            raise DataError(f"{path} line {line}: image {image} has no row in {entry_name}")
         x, y, w, h = (parse_float(cells[2 + k], path, line, column) for k, column in enumerate("xywh"))
         box = (x, y, x + w, y + h)
         check_box(box, BOX_FRAME, BOX_FRAME, f"{path} line {line}")
@@ -109,12 +113,13 @@ class NihDataset(RecordDataset):
         if split not in ("train", "val", "test", "all") or split_mode not in ("official", "patient", "wsrpn"):
             raise ValueError(f"{DATASET}: split must be train/val/test/all and split_mode official/patient/wsrpn, "
                              f"got {split!r}, {split_mode!r}")
-        root = data_root(root, ["Data_Entry_2017.csv", image_dir], DATASET)
+        root = data_root(root, [DATA_ENTRY_NAMES, image_dir], DATASET)
         policy = make_policy(on_error, DATASET)
-        entries = read_data_entry(root / "Data_Entry_2017.csv", policy)
+        entry_path = first_existing(root, DATA_ENTRY_NAMES)
+        entries = read_data_entry(entry_path, policy)
         boxes = {}
         if with_boxes and (root / "BBox_List_2017.csv").exists():
-            boxes = read_bbox_list(root / "BBox_List_2017.csv", policy, {e[1] for e in entries})
+            boxes = read_bbox_list(root / "BBox_List_2017.csv", policy, {e[1] for e in entries}, entry_path.name)
         patient_of = {image: patient for _, image, patient, _, _ in entries}
         if split_mode == "wsrpn" and split != "all" and not boxes:
             raise DataError(f"{DATASET}: split_mode='wsrpn' needs {root / 'BBox_List_2017.csv'} with boxes")
@@ -127,13 +132,14 @@ class NihDataset(RecordDataset):
             if boxes_only and image not in boxes:
                 continue
             image_boxes = np.array([b[:4] for b in boxes.get(image, [])], np.float32).reshape(-1, 4)
-            records.append({"image_path": root / image_dir / image, "where": f"{root / 'Data_Entry_2017.csv'} "
-                            f"line {line}", "id": Path(image).stem, "patient_id": patient, "view": view,
-                            "labels": labels, "boxes": image_boxes,
+            records.append({"image_path": root / image_dir / image, "where": f"{entry_path} line {line}",
+                            "id": Path(image).stem, "patient_id": patient, "view": view, "labels": labels,
+                            "boxes": image_boxes,
                             "box_labels": np.array([b[4] for b in boxes.get(image, [])], np.int64),
                             "box_frame": (BOX_FRAME, BOX_FRAME)})
         super().__init__(records, transform, policy, DATASET, check_images)
-        print(self.summary() + f" ({split}, {split_mode} split; {sum(len(r['boxes']) for r in records)} boxes)")
+        print(self.summary() + f" ({split}, {split_mode} split; {sum(len(r['boxes']) for r in records)} boxes; "
+                               f"{entry_path.name})")
 
     @staticmethod
     def _assign_splits(root, split, split_mode, val_fraction, split_file, split_seed, patient_of, box_images=()):
@@ -166,7 +172,7 @@ class NihDataset(RecordDataset):
             elif image in train_val_images:
                 split_of[image] = by_patient[patient]
             else:
-                raise DataError(f"{DATASET}: image {image} of Data_Entry_2017.csv is in neither train_val_list.txt "
+                raise DataError(f"{DATASET}: image {image} of the Data_Entry CSV is in neither train_val_list.txt "
                                 f"nor test_list.txt")
         return split_of
 
@@ -180,9 +186,10 @@ PHANTOM_TO_NIH = {"cardiomegaly": "Cardiomegaly", "pleural effusion": "Effusion"
                   "nodule": "Nodule", "emphysema": "Emphysema", "pleural thickening": "Pleural_Thickening"}
 
 
-def write_nih(root, dataset_or_samples, images_per_patient=2, test_every=4):
-    """Write Data_Entry_2017.csv and BBox_List_2017.csv (with the real split headers; boxes as x, y, w, h in
-    the 1024 frame), images/, train_val_list.txt and test_list.txt (every test_every-th patient is test).
+def write_nih(root, dataset_or_samples, images_per_patient=2, test_every=4, data_entry_name="Data_Entry_2017.csv"):
+    """Write Data_Entry_2017.csv (or data_entry_name) and BBox_List_2017.csv (the real split headers; boxes as
+    x, y, w, h in the 1024 frame), images/, train_val_list.txt and test_list.txt (every test_every-th patient is
+    test). Any image size works: (1, 1024, 1024) samples give the real PNG size.
     Phantom findings map to NIH names by PHANTOM_TO_NIH; the others are left out.
     -> {"root", "images", "labels" (per image (14,) over NIH_LABELS), "boxes" (per image (N, 4) xyxy in the
     written image's pixels, for the NIH box classes)}."""
@@ -214,7 +221,7 @@ def write_nih(root, dataset_or_samples, images_per_patient=2, test_every=4):
         images.append(image)
         all_labels.append(labels)
         all_boxes.append(np.array(kept_boxes, np.float32).reshape(-1, 4))
-    write_csv(root / "Data_Entry_2017.csv", DATA_ENTRY_HEADER, entry_rows)
+    write_csv(root / data_entry_name, DATA_ENTRY_HEADER, entry_rows)
     write_csv(root / "BBox_List_2017.csv", BBOX_HEADER, box_rows)
     (root / "train_val_list.txt").write_text("".join(f"{i}\n" for i in train_vals))
     (root / "test_list.txt").write_text("".join(f"{i}\n" for i in tests))

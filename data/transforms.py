@@ -14,7 +14,9 @@ Design choices:
   the same affine matrix as the image with no half-pixel corrections.
 - Resizing uses PIL's antialiased `resize` (BILINEAR for the image, NEAREST for masks); `ResizePad` keeps the
   aspect ratio and pads with black to a square. `ResizePad.geometry` gives the scale and offset so a caller can
-  map predicted boxes back to the original image (`ResizePad.boxes_to_original`).
+  map predicted boxes back to the original image (`ResizePad.boxes_to_original`). `decode_size` gives the
+  image reader the size of the first resize step, so a large JPEG is decoded at a reduced DCT scale that is
+  still at least that size (data/io.py load_image); the boxes follow the size actually decoded.
 - The train augmentation of seed 001 §5.3 is RandomRotation(5) + RandomAffine(translate=0.03,
   scale=(0.97, 1.03)) + ColorJitter(brightness=0.05, contrast=0.05). Rotation and isotropic scaling about the
   image centre commute, so `RandomAffine(degrees=5, translate=0.03, scale=(0.97, 1.03))` draws the same family
@@ -239,6 +241,20 @@ class Compose:
 
     def __repr__(self):
         return "Compose(" + ", ".join(type(s).__name__ for s in self.steps) + ")"
+
+
+def decode_size(transform):
+    """(width, height) that an image may be decoded down to before `transform` (data/io.py load_image hands it to
+    Pillow's JPEG `draft`): the output of its first resize step when only Grayscale comes before it (square
+    `size` for ResizePad, so both sides stay >= size), else None (decode at full size)."""
+    for step in getattr(transform, "steps", []):
+        if isinstance(step, Resize):
+            return step.width, step.height
+        if isinstance(step, ResizePad):
+            return step.size, step.size
+        if not isinstance(step, Grayscale):
+            return None
+    return None
 
 
 def to_tensor_transform(channels=3):

@@ -8,7 +8,8 @@ Layout under data.root (research/concept_cam_datasets.md §1); the CSVs may also
     train/<image_id>.png, test/<image_id>.png    (or .dicom with image_format="dicom", needs pydicom)
     image_sizes.csv          optional: image_id, height, width of the ORIGINAL DICOM; boxes are drawn in that
                              frame and are rescaled to the PNG actually loaded. Without it a PNG is taken to
-                             be at the original resolution.
+                             be at the original resolution. `python -m data.prepare vindr` turns the DICOM
+                             release into this PNG layout and writes image_sizes.csv.
 
 Design choices:
 - Reader aggregation (`aggregation`): "any" = a label is positive if any reader marks it (max over readers);
@@ -25,6 +26,7 @@ Design choices:
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from data.io import (RecordDataset, check_box, column_index, data_root, first_existing, first_of_each, image_uint8,
                      iterate_samples, load_dicom, load_or_make_split, make_policy, parse_float, parse_label, read_csv,
@@ -173,16 +175,21 @@ class VinDrDataset(RecordDataset):
 # ----------------------------------------------------------------------------------------------------------
 # writer: phantoms in the VinDr layout, 3 readers per train image
 
-def write_vindr(root, dataset_or_samples, split="train", original_scale=4.0, jitter=0.5, seed=0):
+def write_vindr(root, dataset_or_samples, split="train", original_scale=4.0, jitter=0.5, seed=0, image_format="png",
+                photometric="MONOCHROME2"):
     """Write image_labels_<split>.csv, annotations_<split>.csv, <split>/<image_id>.png and image_sizes.csv.
 
     The PNG is the phantom itself; image_sizes.csv says the original was `original_scale` times larger, and the
-    boxes are written in that original frame. Train: 3 readers (R1-R3). Each reader's box is the phantom box
-    plus uniform jitter of +-`jitter` original pixels; on every 3rd image R3 misses the first boxed finding
-    (its label and boxes), and on every 4th image (from the 2nd) R1 alone marks a spurious `Other lesion`
-    box, which 'any' keeps and 'majority' drops. Test: one consensus row per image, `Other disease` header.
+    boxes are written in that original frame. image_format="dicom" (needs pydicom) writes the original itself
+    instead, as the DICOM release does: <split>/<image_id>.dicom, the phantom resized by `original_scale`, 12-bit
+    in 16 (save_dicom, `photometric` MONOCHROME2 or MONOCHROME1), and no image_sizes.csv. Train: 3 readers
+    (R1-R3). Each reader's box is the phantom box plus uniform jitter of +-`jitter` original pixels; on every 3rd
+    image R3 misses the first boxed finding (its label and boxes), and on every 4th image (from the 2nd) R1 alone
+    marks a spurious `Other lesion` box, which 'any' keeps and 'majority' drops. Test: one consensus row per
+    image, `Other disease` header.
     -> {"root", "image_ids", "concepts" (per image (22,) as the phantom says), "boxes" (per image (N, 4) in
-    PNG pixels), "box_labels" (per image (N,) into VINDR_CONCEPTS), "spurious" (image ids with the extra box)}.
+    pixels of the phantom image, i.e. the PNG), "box_labels" (per image (N,) into VINDR_CONCEPTS), "spurious"
+    (image ids with the extra box)}.
     """
     from data.phantom import DETAIL_TO_VINDR, PHANTOM_TO_VINDR
     root = Path(root)
@@ -193,9 +200,13 @@ def write_vindr(root, dataset_or_samples, split="train", original_scale=4.0, jit
     for position, sample in enumerate(iterate_samples(dataset_or_samples)):
         image = f"{split}{position:04d}phantom{seed:04x}"
         pixels = image_uint8(sample["image"])
-        save_image(pixels, root / split / f"{image}.png")
         height, width = pixels.shape
         size_rows.append([image, round(height * original_scale), round(width * original_scale)])
+        if image_format == "dicom":
+            original = Image.fromarray(pixels).resize((size_rows[-1][2], size_rows[-1][1]), Image.BILINEAR)
+            save_dicom(np.asarray(original), root / split / f"{image}.dicom", photometric, uid_seed=image)
+        else:
+            save_image(pixels, root / split / f"{image}.png")
         concepts, diseases = sample["concepts"].numpy(), sample["diseases"].numpy()
         findings = []  # (box, concept index): one box per VinDr concept of each phantom finding
         for box, finding in zip(sample["boxes"].numpy(), sample["findings"]):
@@ -232,7 +243,37 @@ def write_vindr(root, dataset_or_samples, split="train", original_scale=4.0, jit
     write_csv(root / f"image_labels_{split}.csv", prefix + names, label_rows)
     write_csv(root / f"annotations_{split}.csv", prefix + ["class_name"] + BOX_COLUMNS, box_rows)
     sizes_path = root / "image_sizes.csv"
+    if image_format == "dicom":
+        return result
     if sizes_path.exists():  # a second split written into the same root: keep the first one's rows
         size_rows = [cells for _, cells in read_csv(sizes_path, make_policy("stop", DATASET))[1]] + size_rows
     write_csv(sizes_path, ["image_id", "height", "width"], size_rows)
     return result
+
+
+def save_dicom(pixels, path, photometric="MONOCHROME2", bits=12, uid_seed=None):
+    """(H, W) uint8 -> a DX DICOM file as VinDr ships them (needs pydicom): grey values scaled to `bits` bits in
+    16-bit words, uncompressed; MONOCHROME1 stores them inverted (0 = white), so only a reader that inverts it
+    gets the picture back; a window (centre, width) over the whole range, so the VOI step runs and keeps it."""
+    require_pydicom()
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    top = 2 ** bits - 1
+    values = np.round(np.asarray(pixels, np.float64) * top / 255).astype(np.uint16)  # (H, W)
+    if photometric == "MONOCHROME1":
+        values = top - values
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage, for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=None if uid_seed is None else [str(uid_seed)])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dicom = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    dicom.SOPClassUID, dicom.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dicom.Modality, dicom.PhotometricInterpretation, dicom.SamplesPerPixel = "DX", photometric, 1
+    dicom.Rows, dicom.Columns = values.shape
+    dicom.BitsAllocated, dicom.BitsStored, dicom.HighBit, dicom.PixelRepresentation = 16, bits, bits - 1, 0
+    dicom.WindowCenter, dicom.WindowWidth = top / 2, top + 1
+    dicom.PixelData = values.tobytes()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    dicom.save_as(path, enforce_file_format=True)

@@ -365,3 +365,32 @@ def test_dicom_without_pydicom_is_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom", None)  # as if pydicom were not installed
     with pytest.raises(DataError, match="needs pydicom: `pip install pydicom`, or convert the images to PNG"):
         VinDrDataset(tmp_path, split="test", image_format="dicom")
+
+
+def test_nih_reads_data_entry_v2020(tmp_path, phantoms, capsys):
+    write_nih(tmp_path, phantoms[:4], data_entry_name="Data_Entry_2017_v2020.csv")
+    assert not (tmp_path / "Data_Entry_2017.csv").exists()
+    assert [s["id"] + ".png" for s in NihDataset(tmp_path, split="all")] == sorted(
+        p.name for p in (tmp_path / "images").iterdir())
+    assert "Data_Entry_2017_v2020.csv)" in capsys.readouterr().out  # the summary line names the file read
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_with_a_partly_missing_folder(tmp_path, phantoms, capfd, workers):
+    """on_error=skip: only the images that exist, each once per epoch, and one summary line per epoch (also from
+    DataLoader workers, which each meet the missing files again)."""
+    from data.loader import epoch_loader
+    written = write_nih(tmp_path, phantoms)
+    missing = written["images"][1::4]
+    for name in missing:
+        (tmp_path / "images" / name).unlink()
+    dataset = NihDataset(tmp_path, split="all", on_error="skip")
+    capfd.readouterr()
+    for epoch in range(2):
+        ids = [i for batch in epoch_loader(dataset, 4, 0, epoch, num_workers=workers, drop_last=False)
+               for i in batch["id"]]
+        assert sorted(ids) == sorted(n[:-4] for n in written["images"] if n not in missing)
+        lines = capfd.readouterr().out.splitlines()
+        assert len(lines) == 1 and f"{len(missing)} of {len(phantoms)} records could not be loaded" in lines[0]
+    listed = json.loads(dataset.skip_list.read_text())
+    assert str(dataset.skip_list) in lines[0] and [Path(e["image"]).name for e in listed] == missing
