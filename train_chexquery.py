@@ -145,8 +145,9 @@ def has_report_text(report):
     return bool(findings.strip() or impression.strip())
 
 
-def build_dataset(cfg, split, transform_train=None):
-    """Phantoms or IU X-ray (Kaggle layout or R2Gen annotation) for split train | val | test."""
+def build_dataset(cfg, split, transform_train=None, check_images=False):
+    """Phantoms or IU X-ray (Kaggle layout or R2Gen annotation) for split train | val | test. check_images: read
+    every image now, whatever data.check_images says."""
     from data.transforms import build_transform
     d = cfg.data
     train = split == "train" and d.augment if transform_train is None else transform_train
@@ -163,7 +164,8 @@ def build_dataset(cfg, split, transform_train=None):
         if not d.root:
             raise training.ConfigError("data.source=iu_xray needs data.root (the folder with indiana_reports.csv)")
         dataset = IUXrayDataset(d.root, split, transform, frontal_only=True, labels_csv=d.labels_csv,
-                                split_file=d.split_file or None, on_error=d.on_error, check_images=d.check_images)
+                                split_file=d.split_file or None, on_error=d.on_error,
+                                check_images=d.check_images or check_images)
     elif d.source == "iu_xray_r2gen":
         from data.iu_xray import IUXrayR2GenDataset
         if not d.annotation or not d.root:
@@ -171,7 +173,7 @@ def build_dataset(cfg, split, transform_train=None):
                                        "data.root (its image root)")
         dataset = IUXrayR2GenDataset(d.annotation, d.root, split, transform, official_split=d.r2gen_official_split,
                                      labels_csv=d.labels_csv, split_file=d.split_file or None, on_error=d.on_error,
-                                     check_images=d.check_images)
+                                     check_images=d.check_images or check_images)
     else:
         raise training.ConfigError(f"data.source must be phantom, iu_xray or iu_xray_r2gen, got {d.source!r}")
     kept = [r for r in dataset.records if has_report_text(r["report"])]
@@ -321,7 +323,6 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     """Train phase 1, 2 or 3 into out_dir; returns the test metrics dict (or {} when stopped early)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    training.save_config(cfg, out_dir)
     p, accum = phase_settings(cfg, phase)
     prompt = prompt_prefix(cfg.data.prompt_template)
 
@@ -338,6 +339,12 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
         raise DataError(f"{len(train_set)} training images are fewer than one effective batch ({p.effective_batch_size})")
     total_steps = p.epochs * steps_per_epoch
     print(f"data: {len(train_set)} train / {len(val_set)} val images; auxiliary labels from {train_set.label_source}")
+    if cfg.data.source != "phantom" and cfg.eval.final_test and final_test:   # the final test's images, read now:
+        build_dataset(cfg, "test", check_images=True)                          # a bad one stops or is reported here
+    plan, fresh_best = training.resume_rule(resume, out_dir, total_steps, phase=phase)   # another folder, finished
+    if plan == "done":
+        return tables.read_metrics(out_dir)
+    training.save_config(cfg, out_dir)
     print(f"phase {phase}: {p.epochs} epochs x {steps_per_epoch} steps, micro-batch {p.batch_size} x {accum} "
           f"accumulation = effective batch {p.effective_batch_size}, lr {p.lr}, warmup {p.warmup_steps}, "
           f"label smoothing {p.label_smoothing}, lambda_gen {p.lambda_gen}, lambda_aux {p.lambda_aux}, "
@@ -364,7 +371,7 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
         previous = torch.load(resume, map_location="cpu", weights_only=False)
         if previous.get("phase") == phase:
             checkpoint = training.load_checkpoint(resume, model, optimizer, scaler, config=cfg)
-            step, best_metric = checkpoint["step"], checkpoint["best_metric"]
+            step, best_metric = checkpoint["step"], float("inf") if fresh_best else checkpoint["best_metric"]
             print(f"resumed phase {phase} from {resume} at step {step}")
         elif isinstance(previous.get("phase"), int) and previous["phase"] < phase:
             training.load_weights(model, previous, resume)

@@ -95,8 +95,9 @@ def every_stage_trainable(cfg):
 # ----------------------------------------------------------------------------------------------------------
 # data
 
-def build_dataset(cfg, split, train=False):
-    """phantom_split or VinDrDataset for split train | val | test, with the MedMAE-normalizing transform."""
+def build_dataset(cfg, split, train=False, check_images=False):
+    """phantom_split or VinDrDataset for split train | val | test, with the MedMAE-normalizing transform.
+    check_images: VinDr images are read now (bad ones stop, or are left out under data.on_error=skip)."""
     d, size = cfg.data, cfg.model.image_size
     transform = build_transform(train and d.augment, size, mean=(MEDMAE_MEAN,) * 3, std=(MEDMAE_STD,) * 3,
                                 resize="stretch")
@@ -107,15 +108,17 @@ def build_dataset(cfg, split, train=False):
     if d.dataset == "vindr":
         from data.vindr import VinDrDataset
         return VinDrDataset(d.root, split, transform, aggregation=d.aggregation, image_format=d.image_format,
-                            val_fraction=d.val_fraction, split_file=d.split_file or None)
+                            val_fraction=d.val_fraction, split_file=d.split_file or None,
+                            on_error=d.get("on_error", "stop"), check_images=check_images)
     raise training.ConfigError(f"data.dataset must be 'phantom' or 'vindr', got {d.dataset!r}")
 
 
-def build_nih_dataset(cfg):
+def build_nih_dataset(cfg, check_images=False):
     from data.nih import NihDataset
     transform = build_transform(False, cfg.model.image_size, mean=(MEDMAE_MEAN,) * 3, std=(MEDMAE_STD,) * 3,
                                 resize="stretch")
-    return NihDataset(cfg.data.nih_root, split="test", transform=transform, boxes_only=True)
+    return NihDataset(cfg.data.nih_root, split="test", transform=transform, boxes_only=True,
+                      on_error=cfg.data.get("on_error", "stop"), check_images=check_images)
 
 
 def concept_boxes(batch, b, source):
@@ -242,7 +245,12 @@ def train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, stage, pos_
 
 def stage_datasets(cfg):
     """{"train", "val"} datasets of cfg; runs of one process pass them to each stage, so the phantoms are
-    generated (and cached) once, not once per stage."""
+    generated (and cached) once, not once per stage. Real data: the final test's images (VinDr test, NIH boxes)
+    are read here too, so a bad one stops (or is reported) before training rather than after it."""
+    if cfg.data.dataset != "phantom":
+        build_dataset(cfg, "test", check_images=True)
+        if cfg.data.get("nih_root"):
+            build_nih_dataset(cfg, check_images=True)
     return {"train": build_dataset(cfg, "train", train=True), "val": build_dataset(cfg, "val")}
 
 
@@ -252,7 +260,6 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"=== concept_cam stage {stage} -> {out_dir}")
-    training.save_config(cfg, out_dir)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device, ctx, scaler, dtype = training.setup_device(cfg.train.device, cfg.train.dtype)
@@ -268,6 +275,10 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     train_set = SeededDataset(train_set, cfg.train.seed)
     steps_per_epoch = batches_per_epoch(train_set, cfg.train.batch_size)
     total_steps = stage_cfg.epochs * steps_per_epoch
+    plan, fresh_best = training.resume_rule(resume, out_dir, total_steps, phase=stage)  # another folder, finished
+    if plan == "done":
+        return out_dir / "best.pt"
+    training.save_config(cfg, out_dir)
 
     # model; a checkpoint of an EARLIER stage gives the starting weights, one of THIS stage resumes the run
     checkpoint = torch.load(resume, map_location="cpu", weights_only=False) if resume else None
@@ -298,7 +309,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     step, best_metric = 0, float("-inf")
     if checkpoint is not None and checkpoint["phase"] == stage:
         training.load_checkpoint(resume, model, optimizer, scaler, config=cfg)
-        step, best_metric = checkpoint["step"], checkpoint["best_metric"]
+        step, best_metric = checkpoint["step"], float("-inf") if fresh_best else checkpoint["best_metric"]
         print(f"resumed stage {stage} at step {step} (best {best_metric:.4f})")
     del checkpoint
 

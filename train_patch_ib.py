@@ -57,7 +57,8 @@ PHASE_TRAINABLE = {
 # ----------------------------------------------------------------------------------------------------------
 # data
 
-def build_dataset(cfg, split):
+def build_dataset(cfg, split, check_images=False):
+    """Phantoms or the seed-004 master JSONL for split train | val | test; check_images: read every image now."""
     d = cfg.data
     if d.source == "phantom":
         from data.phantom import phantom_split
@@ -70,7 +71,8 @@ def build_dataset(cfg, split):
         if not d.master_jsonl or not d.image_root:
             raise training.ConfigError("data.source=mimic_master needs data.master_jsonl and data.image_root")
         return MimicMasterDataset(d.master_jsonl, d.image_root, split,
-                                  transform=build_transform(split == "train", d.image_size, mean=(0, 0, 0), std=(1, 1, 1)))
+                                  transform=build_transform(split == "train", d.image_size, mean=(0, 0, 0), std=(1, 1, 1)),
+                                  on_error=d.get("on_error", "stop"), check_images=check_images)
     raise training.ConfigError(f"data.source must be phantom or mimic_master, got {d.source!r}")
 
 
@@ -119,7 +121,6 @@ def evaluate_checkpoint(checkpoint, args):
 def train(cfg, out_dir, resume=None):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    training.save_config(cfg, out_dir)
 
     start_time = time.time()
     # device, seed, AMP
@@ -132,6 +133,8 @@ def train(cfg, out_dir, resume=None):
     train_set, val_set = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     steps_per_epoch = batches_per_epoch(train_set, cfg.train.batch_size)
     print(f"data: {len(train_set)} train / {len(val_set)} val image-report pairs")
+    if cfg.data.source != "phantom":   # the final test's images are read now: a bad one stops (or is reported) here
+        build_dataset(cfg, "test", check_images=True)
 
     # model
     model = build_model(cfg).to(device)
@@ -143,10 +146,14 @@ def train(cfg, out_dir, resume=None):
     total_steps = phase_ends[-1]
 
     # resume
+    plan, fresh_best = training.resume_rule(resume, out_dir, total_steps)   # another folder, a finished run
+    if plan == "done":
+        return tables.read_metrics(out_dir)
+    training.save_config(cfg, out_dir)
     step, best_metric, resume_ckpt = 0, float("inf"), None
     if resume:
         resume_ckpt = training.load_checkpoint(resume, model, restore_rng=False, config=cfg)
-        step, best_metric = resume_ckpt["step"], resume_ckpt["best_metric"]
+        step, best_metric = resume_ckpt["step"], float("inf") if fresh_best else resume_ckpt["best_metric"]
         print(f"resumed from {resume} at step {step} (phase {resume_ckpt['phase']})")
     logger = training.RunLogger(out_dir, resume_step=step or None)   # a resume drops lines past its step
     stop_at = min(total_steps, cfg.train.stop_after_steps or total_steps)

@@ -59,8 +59,9 @@ TRAINABLE = ["*"]   # fnmatch patterns over parameter names
 # ----------------------------------------------------------------------------------------------------------
 # data
 
-def build_dataset(cfg, split, root=None):
-    """Phantom videos or the real folder format (data/video.py) for split train | val | test."""
+def build_dataset(cfg, split, root=None, check_images=False):
+    """Phantom videos or the real folder format (data/video.py) for split train | val | test. check_images: every
+    video and attention map of the folder split is read now (data.on_error says what a bad one does)."""
     d = cfg.data
     if d.source == "phantom" and root is None:
         from data.phantom_video import PhantomVideoDataset
@@ -76,7 +77,8 @@ def build_dataset(cfg, split, root=None):
         if len(d.class_names) != cfg.model.model_class_num:
             raise training.ConfigError(f"data.class_names has {len(d.class_names)} names but model.model_class_num "
                                        f"is {cfg.model.model_class_num}")
-        return VideoFolderDataset(root, split, d.class_names, d.num_frames, d.image_size, d.attn_normalize)
+        return VideoFolderDataset(root, split, d.class_names, d.num_frames, d.image_size, d.attn_normalize,
+                                  on_error=d.get("on_error", "stop"), check_images=check_images)
     raise training.ConfigError(f"data.source must be 'phantom' or 'folder', got {d.source!r}")
 
 
@@ -125,7 +127,6 @@ def train(cfg, out_dir, resume=None):
     """Train one configuration into out_dir; returns the test metrics dict."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    training.save_config(cfg, out_dir)
 
     # device, seed, AMP
     if cfg.train.num_threads:
@@ -138,6 +139,12 @@ def train(cfg, out_dir, resume=None):
     steps_per_epoch = batches_per_epoch(train_set, cfg.train.batch_size)
     total_steps = cfg.train.steps
     print(f"data: {len(train_set)} train / {len(val_set)} val clips, classes {list(train_set.class_names)}")
+    if cfg.data.source != "phantom":   # the final test's videos are read now: a bad one stops (or is reported) here
+        build_dataset(cfg, "test", check_images=True)
+    plan, fresh_best = training.resume_rule(resume, out_dir, total_steps)   # another folder, a finished run
+    if plan == "done":
+        return tables.read_metrics(out_dir)
+    training.save_config(cfg, out_dir)
 
     # model (one phase: everything trains)
     model = build_model(cfg).to(device)
@@ -153,7 +160,7 @@ def train(cfg, out_dir, resume=None):
     step, best_metric = 0, float("-inf")
     if resume:
         checkpoint = training.load_checkpoint(resume, model, optimizer, scaler, config=cfg)
-        step, best_metric = checkpoint["step"], checkpoint["best_metric"]
+        step, best_metric = checkpoint["step"], float("-inf") if fresh_best else checkpoint["best_metric"]
         print(f"resumed from {resume} at step {step} (best val {VALIDATION_METRIC} {best_metric:.4f})")
 
     logger = training.RunLogger(out_dir, resume_step=step or None)   # a resume drops lines past its step

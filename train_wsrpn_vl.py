@@ -68,8 +68,9 @@ def trainable_patterns(cfg):
 # ----------------------------------------------------------------------------------------------------------
 # data
 
-def build_dataset(cfg, split):
-    """DetectionCaptionDataset of split train | val | test (val/test: images with >= 1 box only)."""
+def build_dataset(cfg, split, check_images=False):
+    """DetectionCaptionDataset of split train | val | test (val/test: images with >= 1 box only). check_images:
+    NIH images are read now (data.on_error says what a bad one does)."""
     d = cfg.data
     evaluation = split != "train"
     if d.dataset == "phantom":
@@ -82,7 +83,7 @@ def build_dataset(cfg, split):
         from data.nih import NihDataset
         root = d.root if d.dataset == "nih" else d.eval_root
         base = NihDataset(root, split=split, transform=transform, split_mode="wsrpn", split_file=d.split_file or None,
-                          boxes_only=evaluation, on_error=d.on_error)
+                          boxes_only=evaluation, on_error=d.on_error, check_images=check_images)
         return DetectionCaptionDataset(base, d.classes, "nih", "labels" if d.dataset == "mimic" else d.caption,
                                        boxes_only=evaluation)
     if d.dataset == "mimic":
@@ -269,7 +270,6 @@ def main(argv=None):
     if cfg.get("system") != SYSTEM:
         raise training.ConfigError(f"{args.config}: expected system: {SYSTEM}, got {cfg.get('system')!r}")
     out_dir = training.make_out_dir(args.out, SYSTEM, f"phase{args.phase}", args.resume, args.overwrite)
-    training.save_config(cfg, out_dir)
     t = cfg.train
 
     # --- device, seed, AMP
@@ -286,6 +286,12 @@ def main(argv=None):
     if steps_per_epoch == 0:
         raise training.ConfigError(f"train.batch_size {t.batch_size} is larger than the {len(train_set)} train images")
     total_steps = steps_per_epoch * t.epochs
+    if cfg.data.dataset != "phantom" and cfg.eval.final_test:   # the final test's NIH images are read now: a bad
+        build_dataset(cfg, "test", check_images=True)            # one stops (or is reported) here, not after training
+    plan, fresh_best = training.resume_rule(args.resume, out_dir, total_steps)   # another folder, a finished run
+    if plan == "done":
+        return out_dir
+    training.save_config(cfg, out_dir)
 
     # --- model (the frozen text encoder lives outside it, so checkpoints do not copy it)
     text_encoder = build_text_encoder(cfg).to(device)
@@ -307,6 +313,8 @@ def main(argv=None):
         step, start_epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt.get("batch_in_epoch", 0)
         best_metric, best_step = ckpt["best_metric"], ckpt.get("best_step", 0)
         print(f"resumed {args.resume}: step {step}, epoch {start_epoch}, batch {start_batch}")
+        if fresh_best:   # another folder: its best.pt is the best of the validations made there
+            best_metric = float("-inf")
     logger = training.RunLogger(out_dir, resume_step=step or None)   # a resume drops lines past its step
 
     def save(path, epoch, batch_in_epoch):

@@ -334,6 +334,46 @@ def _release_locks():
             pass
 
 
+def resume_rule(resume, out_dir, total_steps, phase=None):
+    """What `--resume CKPT` does, decided once a script knows its total steps and before it writes into out_dir
+    or builds the model. phase: the phase or stage being trained; a CKPT of another phase only gives starting
+    weights (step 0) and is not ruled here. -> (plan, fresh_best):
+
+    - CKPT inside out_dir, step < total_steps: ("train", False), the run continues exactly.
+    - CKPT in another folder, step < total_steps: ("train", True). out_dir continues that run from CKPT (weights,
+      optimizer, step, RNG) and takes nothing else from CKPT's folder: its log.jsonl starts at that step, and
+      its best.pt is the best of the validations made in out_dir (the caller restarts its best metric), so the
+      final test never looks for a best.pt that is not there. One line says so.
+    - step >= total_steps (a finished run), CKPT inside out_dir: one line says so; ("test", False) when out_dir
+      has no metrics.json (the loop has nothing left, only the final test runs), else ("done", False): the
+      caller returns at once.
+    - a finished run from another folder: ConfigError, since nothing is left to train into out_dir.
+    """
+    if not resume:
+        return "train", False
+    checkpoint = torch.load(resume, map_location="cpu", weights_only=False, mmap=True)
+    if phase is not None and checkpoint.get("phase") != phase:
+        return "train", False
+    step, out_dir, say = checkpoint["step"], Path(out_dir), print if is_main() else (lambda *_: None)
+    inside = out_dir.resolve() in Path(resume).resolve().parents
+    if step < total_steps:
+        if not inside:
+            say(f"--resume {resume}: {out_dir} continues that run from step {step} of {total_steps} and copies "
+                f"nothing else from {Path(resume).parent}; {out_dir / 'best.pt'} will be the best validation of "
+                f"the steps trained here")
+        return "train", not inside
+    if not inside:
+        raise ConfigError(f"--resume {resume}: that run is finished (step {step} of {total_steps}), nothing is left "
+                          f"to train into --out {out_dir}; test it with `python evaluate.py "
+                          f"{Path(resume).parent / 'best.pt'}` or give it more steps")
+    if (out_dir / "metrics.json").exists():
+        say(f"{out_dir} is finished (step {step} of {total_steps}) and holds its test metrics "
+            f"({out_dir / 'metrics.json'}): nothing to do")
+        return "done", False
+    say(f"{out_dir} is finished (step {step} of {total_steps}) without metrics.json: only the final test runs")
+    return "test", False
+
+
 def save_config(cfg, out_dir):
     """Each run's first write into its folder: stale temporaries of an interrupted run go, config.yaml is written.
     Rank 0 only under torchrun."""

@@ -139,7 +139,7 @@ class DetectionCaptionDataset(torch.utils.data.Dataset):
         if self.cache is not None and i in self.cache:
             return self.cache[i]
         sample = self.base[i]
-        if self.cache is not None:
+        if self.cache is not None and sample is not None:
             grey = sample["image"][0]
             if not torch.equal(sample["image"], grey.expand_as(sample["image"])):
                 raise ValueError("DetectionCaptionDataset(cache=True) needs grey images (identical channels)")
@@ -166,8 +166,15 @@ class DetectionCaptionDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.indices)
 
+    def skip_summary(self):
+        """The base dataset's line on records that failed to load (data/io.py RecordDataset; "" when none)."""
+        summary = getattr(self.base, "skip_summary", None)
+        return summary() if summary is not None else ""
+
     def __getitem__(self, index):
         sample = self._load(self.indices[index])
+        if sample is None:   # the base left this record out (data.on_error=skip): collate drops it from its batch
+            return None
         image = sample["image"]
         if image.dtype == torch.uint8:
             image = (image.float() / 255).expand(3, -1, -1)  # (3, H, W)

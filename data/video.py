@@ -18,12 +18,16 @@ Folder format (write your data like this; data/phantom_video.py `write_video_fol
     <root>/attention/<id>.npy    attention maps (T, H, W) or (T, A, H, W), non-negative, any scale
       or <root>/attention/<id>/  one grey PNG per video frame, same count and order as the frames
 
-Rules checked when the dataset is built (each failure is one DataError naming the file or CSV row):
+Rules checked when the dataset is built (each failure is one message naming the file or CSV row):
 a missing video or attention map, an unknown label, a bad split name, a frame-count mismatch between a
 video and its attention map, a subject that appears in two splits. videos.csv is read by data/io.py
 `read_csv`: a row with too few or too many cells, a byte that is not UTF-8 and a repeated id (both lines
-named) go through `on_error` (stop: DataError; skip: the row is left out and counted in `policy.skipped`).
-A frame image or .npy that cannot be decoded (truncated, corrupt) is a DataError naming its path.
+named), and a row whose video or attention map is missing or does not match, go through `on_error` (stop:
+DataError; skip: the row is left out and counted in `policy.skipped`); an unknown label, a bad split name and a
+subject in two splits always stop (they are a wrong data.class_names or a wrong split column, not one bad video).
+A frame image or .npy that cannot be decoded (truncated, corrupt) is a DataError naming its path when the video
+is loaded; under skip the video is left out of its batch instead and counted (data/io.py RecordDataset, whose
+load-time policy this class shares), and `check_images=True` reads every video once when the dataset is built.
 Maps may have another resolution than the frames (they are resized to the frame size). Gaze recordings
 (fixation tables) must first be turned into per-frame maps (research/contrastive_vl.md §6: duration-weighted
 Gaussian splats per frame).
@@ -41,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data.io import IMAGE_ERRORS, column_index, first_of_each, make_policy, read_csv
+from data.io import IMAGE_ERRORS, RecordDataset, column_index, first_of_each, make_policy, read_csv
 from data.sample import DataError
 
 SPLITS = ("train", "val", "test")
@@ -143,11 +147,13 @@ def _read_maps(fmt, path):
     return arr.astype(np.float32)
 
 
-class VideoFolderDataset(torch.utils.data.Dataset):
-    """One split of a folder in the format of the module docstring. on_error: stop | skip (videos.csv rows)."""
+class VideoFolderDataset(RecordDataset):
+    """One split of a folder in the format of the module docstring. on_error (data.on_error): stop | skip, for
+    the rows of videos.csv and for videos that cannot be loaded; check_images: read every video and attention map
+    once now, so those are found (and under skip left out) before training. A record is one video."""
 
     def __init__(self, root, split, class_names, num_frames=16, image_size=112, attn_normalize="frame_max",
-                 split_seed=0, on_error="stop"):
+                 split_seed=0, on_error="stop", check_images=False):
         self.root, self.split = Path(root), split
         self.class_names = list(class_names)
         self.num_frames, self.image_size, self.attn_normalize = num_frames, image_size, attn_normalize
@@ -157,14 +163,14 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         if not csv_path.is_file():
             raise DataError(f"{csv_path}: not found; a video folder needs videos.csv with columns "
                             f"{','.join(REQUIRED_COLUMNS)} (data/video.py docstring)")
-        self.policy = make_policy(on_error, "video folder")
-        header, cells_of_rows = read_csv(csv_path, self.policy)
+        policy = make_policy(on_error, "video folder")
+        header, cells_of_rows = read_csv(csv_path, policy)
         col = column_index(header, REQUIRED_COLUMNS, csv_path)
         keyed = [(line, cells[col["id"]].strip(), (line, {c: cells[col[c]].strip() for c in REQUIRED_COLUMNS}))
                  for line, cells in cells_of_rows]
-        rows = first_of_each(self.policy, csv_path, "id", keyed).values()  # a repeated id: one video counted twice
+        rows = first_of_each(policy, csv_path, "id", keyed).values()  # a repeated id: one video counted twice
         auto = subject_splits([r["subject"] for _, r in rows], seed=split_seed)
-        subject_split, self.items = {}, []
+        subject_split, records = {}, []
         for line, row in rows:
             where = f"{csv_path} row {line} (id {row['id']!r})"
             if row["label"] not in self.class_names:
@@ -178,26 +184,49 @@ class VideoFolderDataset(torch.utils.data.Dataset):
                                 f"{subject_split[row['subject']]!r}; splits must be by subject")
             if row_split != split:
                 continue
-            video = _locate(self.root, "videos", row["id"])
-            if video is None:
-                raise DataError(f"{where}: no video; looked for videos/{row['id']}/ (frames), "
-                                f"videos/{row['id']}.npy and videos/{row['id']}.mp4 under {self.root}")
-            attn = _locate(self.root, "attention", row["id"])
-            if attn is None or attn[0] == "mp4":
-                raise DataError(f"{where}: missing attention map; looked for attention/{row['id']}.npy and "
-                                f"attention/{row['id']}/ (one PNG per frame) under {self.root}")
-            n_video, n_attn = _count_frames(*video), _count_frames(*attn)
-            if n_video == 0:
-                raise DataError(f"{where}: {video[1]} has no frames")
-            if n_video != n_attn:
-                raise DataError(f"{where}: frame-count mismatch: video {video[1]} has {n_video} frames, "
-                                f"attention map {attn[1]} has {n_attn}")
-            self.items.append((row["id"], self.class_names.index(row["label"]), row["subject"], video, attn))
-        if not self.items:
+            try:
+                video, attn = self._files(row["id"], where)
+            except DataError as error:
+                policy(str(error))            # stop: raises; skip: this video is left out
+                continue
+            records.append({"id": row["id"], "label": self.class_names.index(row["label"]), "subject": row["subject"],
+                            "patient_id": row["subject"], "video": video, "attn": attn, "image_path": video[1],
+                            "where": where})
+        if not records:
             raise DataError(f"{csv_path}: no videos in split {split!r}")
+        super().__init__(records, None, policy, "video folder", check_images)
 
-    def __len__(self):
-        return len(self.items)
+    def _files(self, vid, where):
+        """-> ((format, path) of the video, (format, path) of its attention map), or DataError."""
+        video = _locate(self.root, "videos", vid)
+        if video is None:
+            raise DataError(f"{where}: no video; looked for videos/{vid}/ (frames), videos/{vid}.npy and "
+                            f"videos/{vid}.mp4 under {self.root}")
+        attn = _locate(self.root, "attention", vid)
+        if attn is None or attn[0] == "mp4":
+            raise DataError(f"{where}: missing attention map; looked for attention/{vid}.npy and "
+                            f"attention/{vid}/ (one PNG per frame) under {self.root}")
+        n_video, n_attn = _count_frames(*video), _count_frames(*attn)
+        if n_video == 0:
+            raise DataError(f"{where}: {video[1]} has no frames")
+        if n_video != n_attn:
+            raise DataError(f"{where}: frame-count mismatch: video {video[1]} has {n_video} frames, "
+                            f"attention map {attn[1]} has {n_attn}")
+        return video, attn
+
+    @property
+    def items(self):
+        """(id, label index, subject, (format, path) of the video, (format, path) of the map) per video."""
+        return [(r["id"], r["label"], r["subject"], r["video"], r["attn"]) for r in self.records]
+
+    def _image_ok(self, record):
+        """check_images: the whole video and map load (RecordDataset checks one image and its boxes)."""
+        try:
+            self._sample(record)
+            return True
+        except DataError as error:
+            self.policy(str(error))
+            return False
 
     def _resize(self, x, mode):
         """x (C, T, h, w) -> (C, T, S, S)"""
@@ -207,8 +236,10 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         kw = {"align_corners": False} if mode == "bilinear" else {}
         return F.interpolate(x.transpose(0, 1), size=(S, S), mode=mode, **kw).transpose(0, 1)
 
-    def __getitem__(self, index):
-        vid, label, subject, (vfmt, vpath), (afmt, apath) = self.items[index]
+    def _sample(self, record):
+        """One video -> the sample of the module docstring (RecordDataset.__getitem__ applies on_error)."""
+        vid, label, subject = record["id"], record["label"], record["subject"]
+        (vfmt, vpath), (afmt, apath) = record["video"], record["attn"]
         frames = _read_frames(vfmt, vpath)                                        # (T0, h, w, C)
         if frames.dtype == np.uint8:
             frames = frames.astype(np.float32) / 255.0

@@ -114,6 +114,8 @@ def save_attention_pngs(model, dataset, count, cfg, tokenizer, device, ctx, out_
     grid = model.vision_encoder.patch_grid
     for i in range(min(count, len(dataset))):
         sample = dataset[i]
+        if sample is None:         # left out under data.on_error=skip
+            continue
         report, out = generate_reports(model, sample["image"][None], tokenizer, cfg, device, ctx)
         maps = out["attention"][0, -1].float().cpu().view(-1, grid, grid).numpy()   # (N, h, w)
         image = (sample["image"][0].numpy() * 0.5 + 0.5).clip(0, 1)                # (H, W) un-normalized

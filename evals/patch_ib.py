@@ -165,7 +165,8 @@ def evaluate(model, dataset, cfg, device, ctx, prefix, visualize=0, out_dir=None
         metrics[prefix + "mask/sparsity"] = float(e["z"].mean())
         metrics[prefix + "mask/fraction_above_0.5"] = float((e["z"] > 0.5).float().mean())
         if e["boxes"] is not None:
-            size = tuple(dataset[0]["image"].shape[-2:])
+            size = tuple(next(s for s in map(dataset.__getitem__, range(len(dataset))) if s is not None)
+                         ["image"].shape[-2:])   # the first sample that loads (data.on_error=skip leaves some out)
             metrics[prefix + "mask/energy_in_boxes"] = box_energy(model, e["z"], e["boxes"], size)
             metrics[prefix + "mask/energy_in_boxes_weights"] = box_energy(model, e["weights"], e["boxes"], size)
             metrics[prefix + "mask/energy_in_boxes_uniform"] = box_energy(model, torch.ones_like(e["z"]),
@@ -174,6 +175,8 @@ def evaluate(model, dataset, cfg, device, ctx, prefix, visualize=0, out_dir=None
     if visualize and out_dir is not None:
         for i in range(min(visualize, len(dataset))):
             sample = dataset[i]
+            if sample is None:     # left out under data.on_error=skip
+                continue
             save_figures(model, sample["image"], sample["report"], sample.get("boxes"), Path(out_dir), str(i), device)
     return metrics
 

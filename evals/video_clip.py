@@ -137,6 +137,8 @@ def save_strips(model, dataset, n, out_dir, device, ctx, class_names, zoom=4):
     paths = []
     for i in range(min(n, len(dataset))):
         s = dataset[i]
+        if s is None:          # left out under data.on_error=skip
+            continue
         with ctx:
             result = model(s["video"][None].to(device), s["attn_map"][None].to(device))
         probs = result["logits"].float().softmax(-1)[0].cpu()

@@ -127,9 +127,10 @@ def draw_prediction(image, image_id, p, names, out_dir, gt_boxes=None, gt_labels
 
 
 def visualize_predictions(dataset, predictions, gt_boxes, gt_labels, names, out_dir, count):
-    """PNGs of the first `count` images: boxes against the ground truth, and the Gaussian maps (draw_prediction)."""
-    for i in range(min(count, len(predictions))):
-        sample = dataset[i]
+    """PNGs of the first `count` images: boxes against the ground truth, and the Gaussian maps (draw_prediction).
+    predictions follow the dataset's order without the samples that did not load (data.on_error=skip)."""
+    samples = (s for s in map(dataset.__getitem__, range(len(dataset))) if s is not None)
+    for i, sample in zip(range(min(count, len(predictions))), samples):
         draw_prediction(sample["image"], sample["id"], predictions[i], names, out_dir, gt_boxes[i], gt_labels[i])
 
 
