@@ -181,15 +181,22 @@ def build_model(cfg, pretrained=True):
 # ----------------------------------------------------------------------------------------------------------
 # validation
 
+CAM_COLLAPSED = 0.05   # val/cam_energy below this: every concept's max-over-grid CAM is ~0 (all p ~ 0.50)
+
+
 @torch.no_grad()
-def predict(model, loader, stage, task_head, device, ctx):
-    """-> dict of (N, .) CPU tensors: concept_logits, concepts, prototype concept scores, disease logits/targets."""
+def validate(model, loader, cfg, stage, pos_weight, grid, device, ctx):
+    """One pass over the validation split -> {the stage's metric (STAGE_METRIC; stage 1: the seed's Concept AUC),
+    val/loss (the stage's training loss on val, which the seed compares with the training loss for overfitting),
+    val/cam_energy (mean |concept logit| = |max-over-grid CAM|; ~0 when the CAMs collapsed to zero)}."""
     from collections import defaultdict
     model.eval()
-    out = defaultdict(list)
+    out, total, count = defaultdict(list), 0.0, 0
     for batch in loader:
         with ctx:
-            result = model(batch["image"].to(device), stage=stage, task_head=task_head)
+            result, loss, _ = stage_loss(model, batch, cfg, stage, pos_weight, grid, device)
+        count += len(batch["concepts"])
+        total += float(loss) * len(batch["concepts"])
         out["concept_logits"].append(result["concept_logits"].float().cpu())
         out["concepts"].append(batch["concepts"])
         if "prototype_scores" in result:
@@ -197,7 +204,9 @@ def predict(model, loader, stage, task_head, device, ctx):
         if "disease_logits" in result:
             out["disease_logits"].append(result["disease_logits"].float().cpu())
             out["diseases"].append(batch["diseases"])
-    return {k: torch.cat(v) for k, v in out.items()}
+    predictions = {k: torch.cat(v) for k, v in out.items()}
+    return {f"val/{STAGE_METRIC[stage]}": validation_metric(predictions, stage), "val/loss": total / max(count, 1),
+            "val/cam_energy": float(predictions["concept_logits"].abs().mean())}
 
 
 def validation_metric(predictions, stage):
@@ -210,33 +219,40 @@ def validation_metric(predictions, stage):
 # ----------------------------------------------------------------------------------------------------------
 # one stage
 
-def train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, stage, pos_weight, grid, device, step):
-    """One optimizer step of a stage. batch: images (stage 1, or 2-3 with augmentation) or the backbone's cached
-    features (stages 2-3, train.cache_features). Stage 1: alpha * classification + beta * localization (seed 002
-    §5b); stage 2: SoftTriple on the concept vectors of present concepts; stage 3: the disease head's loss.
-    -> (out, loss, terms, gradient norm)"""
+def stage_loss(model, batch, cfg, stage, pos_weight, grid, device):
+    """Forward and the stage's loss (call under autocast). batch: images (stage 1, or 2-3 with augmentation) or
+    the backbone's cached features (stages 2-3, train.cache_features). Stage 1: alpha * classification + beta *
+    localization (seed 002 §5b); stage 2: SoftTriple on the concept vectors of present concepts; stage 3: the
+    disease head's loss. -> (out, loss, terms)"""
     task_head = cfg.stage3.task_head
     concepts_gt = batch["concepts"].to(device)                                    # (B, K)
+    if "features" not in batch:
+        images = batch["image"].to(device)                                        # (B, 3, H, W)
+        out = model(images, stage=stage, task_head=task_head)
+    else:
+        out = model(features=batch["features"].to(device), stage=stage, task_head=task_head)  # (B, D, h, w)
+    if stage == 1:
+        inside_mask, has_box = batch_box_masks(batch, cfg.data.dataset, len(VINDR_CONCEPTS), images.shape[-2:],
+                                               grid, cfg.data.box_min_fraction)
+        terms = bbox_guided_concept_loss(out["cams"].float(), concepts_gt, inside_mask.to(device),
+                                         has_box.to(device), pos_weight, cfg.loss.localization_margin)
+        loss = cfg.loss.alpha * terms["classification_loss"] + cfg.loss.beta * terms["localization_loss"]
+    elif stage == 2:
+        terms = soft_triple_loss(out["concept_vectors"].float(), out["prototypes_unit"].float(),
+                                 concepts_gt, cfg.loss.softtriple_la, cfg.loss.softtriple_gamma,
+                                 cfg.loss.softtriple_margin)
+        loss = terms["softtriple_loss"]
+    else:
+        terms = disease_loss(out["disease_logits"].float(), batch["diseases"].to(device), pos_weight)
+        loss = terms["disease_loss"]
+    return out, loss, terms
+
+
+def train_step(model, batch, optimizer, scaler, trainable, ctx, cfg, stage, pos_weight, grid, device, step):
+    """One optimizer step of a stage: stage_loss under autocast, backward, clip, step.
+    -> (out, loss, terms, gradient norm)"""
     with ctx:
-        if "features" not in batch:
-            images = batch["image"].to(device)                                    # (B, 3, H, W)
-            out = model(images, stage=stage, task_head=task_head)
-        else:
-            out = model(features=batch["features"].to(device), stage=stage, task_head=task_head)  # (B, D, h, w)
-        if stage == 1:
-            inside_mask, has_box = batch_box_masks(batch, cfg.data.dataset, len(VINDR_CONCEPTS), images.shape[-2:],
-                                                   grid, cfg.data.box_min_fraction)
-            terms = bbox_guided_concept_loss(out["cams"].float(), concepts_gt, inside_mask.to(device),
-                                             has_box.to(device), pos_weight, cfg.loss.localization_margin)
-            loss = cfg.loss.alpha * terms["classification_loss"] + cfg.loss.beta * terms["localization_loss"]
-        elif stage == 2:
-            terms = soft_triple_loss(out["concept_vectors"].float(), out["prototypes_unit"].float(),
-                                     concepts_gt, cfg.loss.softtriple_la, cfg.loss.softtriple_gamma,
-                                     cfg.loss.softtriple_margin)
-            loss = terms["softtriple_loss"]
-        else:
-            terms = disease_loss(out["disease_logits"].float(), batch["diseases"].to(device), pos_weight)
-            loss = terms["disease_loss"]
+        out, loss, terms = stage_loss(model, batch, cfg, stage, pos_weight, grid, device)
     training.check_finite({"loss": loss, **terms}, step)
     scaler.scale(loss).backward()
     grad_norm = training.optimizer_step(optimizer, scaler, trainable, cfg.train.grad_clip, step)
@@ -306,10 +322,11 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     ddp_model = training.step_module(model, device, cfg.train)   # train.compile; torchrun: DDP of this stage
 
     # resume (same stage: optimizer, scaler, step, RNG)
-    step, best_metric = 0, float("-inf")
+    step, best_metric, best_step, collapsed, early_stopped = 0, float("-inf"), 0, 0, False
     if checkpoint is not None and checkpoint["phase"] == stage:
         training.load_checkpoint(resume, model, optimizer, scaler, config=cfg)
         step, best_metric = checkpoint["step"], float("-inf") if fresh_best else checkpoint["best_metric"]
+        best_step = checkpoint.get("best_step", step)
         print(f"resumed stage {stage} at step {step} (best {best_metric:.4f})")
     del checkpoint
 
@@ -317,7 +334,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
 
     def save(name, epoch):
         training.save_checkpoint(out_dir / name, model, optimizer, scaler, step, epoch, stage, best_metric, cfg,
-                                 frozen=frozen)
+                                 frozen=frozen, best_step=best_step)
 
     # stages 2 and 3 leave the backbone frozen: without augmentation its feature map of an image never changes,
     # so it is computed once per training image before the loop and the stage trains the heads on that table
@@ -357,22 +374,35 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
                 logger.log(stage=stage, step=step, **training.mean_over_ranks({"loss": loss, **terms}),
                            lr=lr, grad_norm=float(grad_norm), s_per_step=time.time() - t0, data_s=t0 - ready)
             if step % eval_interval == 0 or step == total_steps:
-                metric = training.run_on_main(lambda: validation_metric(predict(model, val_loader, stage, task_head,
-                                                                                device, ctx), stage))
-                logger.log(stage=stage, step=step, epoch=round(step / steps_per_epoch, 3),
-                           **{f"val/{STAGE_METRIC[stage]}": metric})
+                scores = training.run_on_main(validate, model, val_loader, cfg, stage, pos_weight, grid, device, ctx)
+                metric = scores[f"val/{STAGE_METRIC[stage]}"]
+                logger.log(stage=stage, step=step, epoch=round(step / steps_per_epoch, 3), **scores)
                 if metric > best_metric:
-                    best_metric = metric
+                    best_metric, best_step = metric, step
                     save("best.pt", step // steps_per_epoch)
                 save("last.pt", step // steps_per_epoch)
+                collapsed = collapsed + 1 if scores["val/cam_energy"] < CAM_COLLAPSED else 0
+                if stage == 1 and collapsed == cfg.train.collapse_evals:
+                    print(f"warning: the concept CAMs collapsed to zero ({collapsed} validations with val/cam_energy "
+                          f"{scores['val/cam_energy']:.4f} < {CAM_COLLAPSED}, every p ~ 0.5) under "
+                          f"loss.localization_margin={cfg.loss.localization_margin}, loss.beta={cfg.loss.beta}: a "
+                          f"margin of 0 has its minimum at cam = 0 everywhere; use a margin > 0 (1.0) or a smaller beta")
+                patience = cfg.train.early_stop_steps
+                if patience and step - best_step >= patience and step < total_steps:
+                    print(f"early stop at step {step}: no better val {STAGE_METRIC[stage]} for {step - best_step} steps "
+                          f"(train.early_stop_steps {patience}; best {best_metric:.4f} at step {best_step})")
+                    early_stopped = True
+                    break
             ready = time.time()
+        if early_stopped:
+            break
     progress.close()
-    if step % eval_interval and step != total_steps:  # stopped between validations (train.stop_after_steps)
+    if step % eval_interval and step != total_steps and not early_stopped:  # stopped by train.stop_after_steps
         save("last.pt", step // steps_per_epoch)
 
     # final test evaluation of the best checkpoint
     best = out_dir / "best.pt"
-    if final_eval and step >= total_steps and training.is_main():
+    if final_eval and (step >= total_steps or early_stopped) and training.is_main():
         evaluate_run(best, out_dir, cfg.eval.visualize, cfg.train.device)
     return best
 

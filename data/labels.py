@@ -32,6 +32,8 @@ CHEXBERT_CONDITIONS = [
 # CheXbert's class coding (src/constants.py CLASS_MAPPING); "No Finding" uses only 0 and 1
 CHEXBERT_CLASSES = ["blank", "positive", "negative", "uncertain"]
 
+# VinDr-CXR's 22 local labels in the order of its label CSVs (indices used everywhere in Concept CAM). Seed 002's
+# examples number them differently: its 4 = Cardiomegaly and 10 = Lung Opacity are 3 and 11 here.
 VINDR_CONCEPTS = [
     "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture", "Consolidation",
     "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung Opacity", "Lung cavity", "Lung cyst",

@@ -235,3 +235,48 @@ def test_cached_features_train_stage2_like_the_full_forward(run, tmp_path):
         results[cache] = weights(script.run_stage(cfg, 2, tmp_path / cache, resume=stage1, final_eval=False))
     assert not same(weights(stage1), results["true"], "projector.")
     assert all(torch.allclose(results["true"][k], results["false"][k], atol=1e-5) for k in results["true"])
+
+
+def test_validation_loss_early_stopping_and_the_collapse_warning(tmp_path, monkeypatch, capsys):
+    """Each validation logs the stage's loss on val and the CAM energy beside the metric. With a metric that only
+    falls, train.early_stop_steps=2 ends stage 1 two steps after its best (step 1) and still scores best.pt; CAMs
+    forced to zero (a concept head of zeros, frozen) give the collapse warning naming the setting."""
+    cfg = training.load_config(training.default_config_path("concept_cam"),
+                               TINY + ["stage1.epochs=4", "train.eval_interval=1"])
+    script.run_stage(cfg, 1, tmp_path / "plain", final_eval=False)
+    rows = [json.loads(line) for line in (tmp_path / "plain" / "log.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/loss" in r]
+    assert len(val) == 8 and all(r["val/loss"] > 0 and r["val/cam_energy"] > 0 for r in val)
+
+    real_validate, calls = script.validate, []
+
+    def falling(*args, **kwargs):
+        scores = real_validate(*args, **kwargs)
+        calls.append(1)
+        return {**scores, "val/concept/auroc/macro": 1.0 - 0.1 * len(calls)}
+
+    monkeypatch.setattr(script, "validate", falling)
+    stopped = training.load_config(training.default_config_path("concept_cam"),
+                                   TINY + ["stage1.epochs=4", "train.eval_interval=1", "train.early_stop_steps=2"])
+    script.run_stage(stopped, 1, tmp_path / "stopped")
+    assert len(calls) == 3 and "early stop at step 3" in capsys.readouterr().out
+    assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)["step"] == 3
+    assert torch.load(tmp_path / "stopped" / "best.pt", weights_only=False)["step"] == 1
+    assert (tmp_path / "stopped" / "metrics.json").exists()        # the final test of best.pt still runs
+
+    monkeypatch.setattr(script, "validate", real_validate)
+    original = script.build_model
+
+    def zero_head(cfg, pretrained=True):
+        model = original(cfg, pretrained)
+        for p in model.concept_head.parameters():
+            torch.nn.init.zeros_(p)
+        return model
+
+    monkeypatch.setattr(script, "build_model", zero_head)
+    collapsed = training.load_config(training.default_config_path("concept_cam"),
+                                     TINY + ["stage1.epochs=2", "train.eval_interval=1", "stage1.lr=1.0e-12",
+                                             "loss.localization_margin=0.0"])
+    script.run_stage(collapsed, 1, tmp_path / "collapsed", final_eval=False)
+    out = capsys.readouterr().out
+    assert "concept CAMs collapsed to zero" in out and "loss.localization_margin=0.0" in out
