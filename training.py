@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import yaml
 
+from metrics.summary import strict_json
+
 REPO_ROOT = Path(__file__).resolve().parent
 
 
@@ -958,17 +960,6 @@ def check_weights(state, step, path=None):
         where = f"; {path} was not written" if path else ""
         raise NonFiniteLoss(f"non-finite weights after step {step} in {len(bad)} tensors ({', '.join(bad[:3])}"
                             f"{', ...' if len(bad) > 3 else ''}){where}. The last good checkpoint was left untouched.")
-
-
-def strict_json(value):
-    """NaN / inf -> None (strict JSON readers reject bare NaN); tensors and numpy values -> numbers."""
-    value = (value.item() if value.numel() == 1 else value.tolist()) if isinstance(value, torch.Tensor) else value
-    value = value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class RunLogger:

@@ -71,7 +71,7 @@ def write_table(path, lines, json_path=None, data=None):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text)
     if json_path is not None:
-        from training import strict_json
+        from metrics.summary import strict_json
         Path(json_path).write_text(json.dumps(strict_json(data), indent=1, allow_nan=False))
     print(text, end="")
     return text
