@@ -352,6 +352,19 @@ def format_row(row):
     return text + f"  [{row['note']}]"
 
 
+def markdown_table(rows):
+    """The rows as the table of docs/benchmarks.md."""
+    lines = ["| system, phase | variant | batch / step | samples/s | ms/step median (p90) | peak memory GB | "
+             "TFLOP/step | TFLOP/s | MFU |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        memory = r.get("peak_memory_gb", r.get("peak_rss_gb"))
+        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+        lines.append(f"| {r['system']} {r['phase']} | {r['variant']} ({r['dtype']}) | {r['note']} | "
+                     f"{r['samples_per_s']:.2f} | {r['ms_per_step_median']:.0f} ({r['ms_per_step_p90']:.0f}) | "
+                     f"{memory} | {r.get('tflop_per_step', '-')} | {r.get('tflops_achieved', '-')} | {mfu} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("system", choices=[*SYSTEMS, "all"])
@@ -383,6 +396,7 @@ def main(argv=None):
     for system in SYSTEMS if args.system == "all" else [args.system]:
         run(system, args.config, args.overrides, phases, variants, args.steps, args.warmup, args.device,
             args.gen_tokens, rows, Path(args.json) if args.json else None)
+    print(markdown_table(rows))
     return rows
 
 
