@@ -8,11 +8,14 @@ Commands (run from the repository root):
     python train_video_clip.py model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=0 model.lambda_token=0    # B2
     python train_video_clip.py model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=1.0 model.lambda_token=0  # B3
     python train_video_clip.py model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=1.0 model.lambda_token=0.1 # B4
-    python train_video_clip.py model.map_guided=true model.map_guided_type=channel                               # C1
+    python train_video_clip.py model.map_guided=true model.map_guided_type=channel                               # C1 (the seed's gate)
+    python train_video_clip.py model.map_guided=true model.map_guided_type=channel_attended                      # C1b
     python train_video_clip.py model.map_guided=true model.map_guided_type=weighted_pool                         # C2
     python train_video_clip.py model.map_guided=true model.map_guided_type=spatiotemporal model.map_guided_sigmoid_gate=true   # C3
-    # other backbones (map_gate path when map-guided): model.clip_backbone=2dcnn | cnn_lstm
-    # the whole ablation table (B0-B4, C1-C3 with D1/D2 metrics), 3 seeds each, mean +- std, markdown:
+    # other backbones (map_gate path when map-guided): model.clip_backbone=2dcnn | cnn_lstm, with
+    # model.map_guided_type=channel (the seed's global-average summary) or grid (4 x 4 grid summary)
+    # the whole ablation table (B0-B4, C1-C3 with D1/D2 metrics), 3 seeds each, mean +- std, markdown
+    # (--rows C1 C1b: only those rows):
     python train_video_clip.py --table /tmp/video_clip_table.md --out /tmp/video_clip_table
     python train_video_clip.py --table /tmp/video_clip_table_q0.md --out /tmp/video_clip_table_q0 data.gaze_informativeness=0.0
     # resume an interrupted run exactly
@@ -221,6 +224,8 @@ def train(cfg, out_dir, resume=None):
 # the seed-003 experiment table (B1-B4, C1-C3, with the D1/D2 test metrics), mean ± std over seeds
 # Rows beyond the seed: B0 (cross-entropy only, no map, no CLIP) as the reference the B rows add modules to.
 # C3's sigmoid arm has exactly B3's switches, so the table shows B3 once and C3 as the linear-gate arm.
+# C1 is the seed's channel gate as written (MLP over the map's global average); C1b the project's variant whose
+# MLP reads the map-weighted average of the video tokens (models/clip_align_encoders.py).
 
 ROWS = [  # (id, method, switches)
     ("B0", "reference: CE only", ["model.map_guided=false", "loss.clip_weight=0", "model.lambda_token=0"]),
@@ -231,7 +236,9 @@ ROWS = [  # (id, method, switches)
                                                "loss.clip_weight=1.0", "model.lambda_token=0"]),
     ("B4", "+ token-level loss", ["model.map_guided=true", "model.map_guided_type=spatiotemporal",
                                   "loss.clip_weight=1.0", "model.lambda_token=0.1"]),
-    ("C1", "channel gating", ["model.map_guided=true", "model.map_guided_type=channel"]),
+    ("C1", "channel gating (the seed's encoder)", ["model.map_guided=true", "model.map_guided_type=channel"]),
+    ("C1b", "channel gate from the attended tokens", ["model.map_guided=true",
+                                                      "model.map_guided_type=channel_attended"]),
     ("C2", "weighted pooling", ["model.map_guided=true", "model.map_guided_type=weighted_pool"]),
     ("C3", "linear gate (sigmoid arm = B3)", ["model.map_guided=true", "model.map_guided_type=spatiotemporal",
                                               "model.map_guided_sigmoid_gate=false"]),
@@ -247,7 +254,11 @@ def run_table(args):
     """Each (row, seed) trains into OUT/<row>-s<seed> with the row's switches after the caller's overrides (a run
     with metrics.json is reused); args.table gets mean ± sample std over seeds. -> {row: {column key: mean}}."""
     out = Path(args.out or "runs/video_clip/table")
-    switches_of = {row_id: switches for row_id, _, switches in ROWS}
+    unknown = sorted(set(args.rows or []) - {row_id for row_id, _, _ in ROWS})
+    if unknown:
+        raise training.ConfigError(f"--rows: unknown row(s) {unknown}; rows are {[row_id for row_id, _, _ in ROWS]}")
+    rows = [row for row in ROWS if not args.rows or row[0] in args.rows]
+    switches_of = {row_id: switches for row_id, _, switches in rows}
 
     def train_run(row_id, seed, run_dir):
         train(training.load_config(args.config, list(args.overrides) + switches_of[row_id] +
@@ -261,13 +272,14 @@ def run_table(args):
              f"{cfg.train.steps} steps, {cfg.data.num_train} training clips, {cfg.model.model_class_num} classes.",
              f"Command: `python train_video_clip.py --table {args.table} --out {out}"
              f"{' --seeds ' + ' '.join(map(str, args.seeds)) if list(args.seeds) != [0, 1, 2] else ''}"
+             f"{' --rows ' + ' '.join(args.rows) if args.rows else ''}"
              f"{' ' + ' '.join(args.overrides) if args.overrides else ''}`",
              (f"Wall time per run {np.mean(seconds):.0f} s (mean of {len(seconds)} new runs); load average "
               f"{os.getloadavg()[0]:.1f} at the end." if seconds else "All runs reused from earlier."),
              ""]
     lines += tables.markdown(["ID", "Method", "Key switches"] + [name for _, name in COLUMNS],
                              [[row_id, method, " ".join("`" + s + "`" for s in switches),
-                               *tables.mean_std_cells(results[row_id], keys)] for row_id, method, switches in ROWS])
+                               *tables.mean_std_cells(results[row_id], keys)] for row_id, method, switches in rows])
     tables.write_table(args.table, lines)
     return {row_id: tables.column_means(results[row_id], [key for key, _ in COLUMNS], "test/")
             for row_id in switches_of}
@@ -282,6 +294,8 @@ def main(argv=None):
                         help="run the seed-003 ablation table (B0-B4, C1-C3) over --seeds into --out/<row>-s<seed> "
                              "and write mean +- std as markdown to TABLE.md")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --table")
+    parser.add_argument("--rows", nargs="+", default=None, metavar="ID",
+                        help="only these rows of --table (e.g. C1 C1b); default: all")
     args = parser.parse_args(argv)
     cfg = training.load_config(args.config, args.overrides)
     if cfg.get("system") != SYSTEM:

@@ -11,8 +11,10 @@ models/clip_align_losses.py.
 
 Design choices:
 - Video encoder by `clip_backbone` (3dcnn | 2dcnn | cnn_lstm). With `map_guided` and `3dcnn` it is the
-  MapGuidedVideoEncoder (`map_guided_type` spatiotemporal | channel | weighted_pool); with `map_guided` and
-  a non-3D backbone the plain encoder's feature is scaled by the `map_gate` (seed "Detailed Architecture" B).
+  MapGuidedVideoEncoder (`map_guided_type` channel, the seed's | channel_attended | spatiotemporal |
+  weighted_pool); with `map_guided` and a non-3D backbone the plain encoder's feature is scaled by the
+  `map_gate` (seed "Detailed Architecture" B), whose map summary `map_guided_type` names (channel, the
+  seed's global average | grid). A `map_guided_type` the chosen backbone has no use for is an error.
 - Attention encoder: a Simple3DEncoder over the A-channel map (seed "Attention encoder").
 - Projection heads `video_projection` / `attn_projection`: Linear(D -> E) (as open_clip's visual/text
   projections), outputs L2-normalized.
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.clip_align_encoders import (GUIDE_TYPES, MapGate, MapGuidedVideoEncoder, Simple2DEncoder,
+from models.clip_align_encoders import (GUIDE_TYPES, MAP_GATE_TYPES, MapGate, MapGuidedVideoEncoder, Simple2DEncoder,
                                         Simple3DEncoder, SimpleCNNLSTMEncoder)
 
 BACKBONES = {"3dcnn": Simple3DEncoder, "2dcnn": Simple2DEncoder, "cnn_lstm": SimpleCNNLSTMEncoder}
@@ -52,7 +54,8 @@ class ClipAlignConfig:
     attn_in_channels: int = 1               # A: attention map channels
     clip_backbone: str = "3dcnn"            # 3dcnn | 2dcnn | cnn_lstm
     map_guided: bool = False                # attention-guided gating of the video encoder
-    map_guided_type: str = "spatiotemporal"  # spatiotemporal | channel | weighted_pool (3dcnn only)
+    map_guided_type: str = "spatiotemporal"  # 3dcnn: channel (seed) | channel_attended | spatiotemporal |
+                                            # weighted_pool; 2dcnn, cnn_lstm: channel (seed) | grid
     map_guided_hidden_dim: int = 128        # Hd: hidden width of the gate networks
     map_guided_sigmoid_gate: bool = True    # sigmoid gate in [0, 1]; false = linear (unbounded) gate
     clip_classifier_source: str = "video"   # video | attn | fusion
@@ -70,8 +73,17 @@ class ClipAlignConfig:
     def validate(self):
         if self.clip_backbone not in BACKBONES:
             raise ValueError(f"model.clip_backbone must be one of {sorted(BACKBONES)}, got {self.clip_backbone!r}")
-        if self.map_guided_type not in GUIDE_TYPES:
-            raise ValueError(f"model.map_guided_type must be one of {GUIDE_TYPES}, got {self.map_guided_type!r}")
+        allowed = GUIDE_TYPES if self.clip_backbone == "3dcnn" else MAP_GATE_TYPES
+        if self.map_guided and self.map_guided_type not in allowed:
+            raise ValueError(f"model.map_guided_type={self.map_guided_type!r} has no meaning for "
+                             f"model.clip_backbone={self.clip_backbone}; choose one of {allowed} "
+                             "(models/clip_align_encoders.py)")
+        if self.map_guided_type not in GUIDE_TYPES + MAP_GATE_TYPES:
+            raise ValueError(f"model.map_guided_type must be one of {GUIDE_TYPES} (3dcnn) or {MAP_GATE_TYPES} "
+                             f"(2dcnn, cnn_lstm), got {self.map_guided_type!r}")
+        if self.map_guided and self.map_guided_type == "weighted_pool" and not self.map_guided_sigmoid_gate:
+            raise ValueError("model.map_guided_sigmoid_gate=false has no effect with map_guided_type=weighted_pool "
+                             "(no learned gate); leave it true")
         if self.clip_classifier_source not in CLASSIFIER_SOURCES:
             raise ValueError(f"model.clip_classifier_source must be one of {CLASSIFIER_SOURCES}, "
                              f"got {self.clip_classifier_source!r}")
@@ -95,7 +107,8 @@ class VideoAttentionCLIP(nn.Module):
         else:
             self.video_encoder = BACKBONES[c.clip_backbone](3, c.clip_feature_dim, c.encoder_width)
         self.map_gate = (MapGate(c.attn_in_channels, c.clip_feature_dim, c.map_guided_hidden_dim,
-                                 c.map_guided_sigmoid_gate) if c.map_guided and not self.map_guided_3d else None)
+                                 c.map_guided_sigmoid_gate, c.map_guided_type)
+                         if c.map_guided and not self.map_guided_3d else None)
         self.attn_encoder = Simple3DEncoder(c.attn_in_channels, c.clip_feature_dim, c.encoder_width)
         self.video_projection = nn.Linear(c.clip_feature_dim, c.clip_embed_dim)
         self.attn_projection = nn.Linear(c.clip_feature_dim, c.clip_embed_dim)

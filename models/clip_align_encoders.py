@@ -13,22 +13,31 @@ Design choices:
   classifier and the projection heads see the same D-dim vector the seed calls `video_feat`.
 - MapGuidedVideoEncoder, `map_guided_type` (the attention map is first average-pooled to the token grid,
   a (B, A, T', H', W'); "contribution" c_n is token n's term in the pooled sum, so pooled = sum_n c_n):
-    spatiotemporal: gate g = act(Conv1x1(ReLU(Conv3x3x3(a)))) of shape (B, F, T', H', W'), one gate per
-                    token and channel computed from the map around that token; a gated average per
-                    channel, c_n = g_n * x_n / sum_m |g_m|. The gate network starts as a soft copy of the
-                    map (sigmoid(6a - 3), or g = a for the linear gate; `_init_gate_from_map`): with a
-                    random start the gate stayed near 0.5 everywhere for the whole tiny run (test accuracy
-                    0.45 vs 0.90 for weighted_pool on informative phantoms), i.e. plain average pooling.
-    channel:        the seed's description: the map summarizes the video into one per-channel vector
-                    s = sum_n a_n x_n / sum_n a_n (map-weighted global average), an MLP turns s into a
-                    channel gate g (B, F); c_n = g * x_n / N (every position gated alike).
+    channel:        the seed's encoder as written ("Detailed Architecture" A.d): the attention map is
+                    summarized by its global average over (T, H, W), one value per attention channel,
+                    m (B, A); a small MLP (A -> Hd -> F) gives a channel gate g (B, F); every token is
+                    gated alike before average pooling, c_n = g * x_n / N. The gate sees only how much
+                    attention mass the clip has, not where it lies (with A = 1 it is one number per clip;
+                    with data.attn_normalize=frame_sum it is the same number for every clip).
+    channel_attended: the project's variant of the channel gate: the MLP (F -> Hd -> F) reads the
+                    map-weighted average of the video tokens s = sum_n a_n x_n / sum_n a_n instead of m;
+                    pooling is still uniform, c_n = g * x_n / N.
+    spatiotemporal: the project's gate: g = act(Conv1x1(ReLU(Conv3x3x3(a)))) of shape (B, F, T', H', W'),
+                    one gate per token and channel computed from the map around that token; a gated
+                    average per channel, c_n = g_n * x_n / sum_m |g_m|. The gate network starts as a soft
+                    copy of the map (sigmoid(6a - 3), or g = a for the linear gate; `_init_gate_from_map`):
+                    with a random start the gate stayed near 0.5 everywhere for the whole tiny run (test
+                    accuracy 0.45 vs 0.90 for weighted_pool on informative phantoms), i.e. plain average pooling.
     weighted_pool:  no learned gate: w_n = a_n / sum_m a_m, c_n = w_n x_n (pure attention pooling);
-                    `video_gate` returns w as (B, 1, T', H', W') so the same plot shows it.
-  act is a sigmoid (gate in [0, 1]) or, with `map_guided_sigmoid_gate=false`, the identity (a linear,
-  unbounded gate; the linear channel gate's last bias starts at 1, a pass-through).
-- `map_gate` (non-3D backbones, "Detailed Architecture" B): the map's global summary is its average over a
-  coarse (1, 4, 4) grid per attention channel (a plain global average of a per-frame-normalized map would be
-  a constant); an MLP maps it to a gate (B, D) that scales the video feature.
+                    `video_gate` returns w as (B, 1, T', H', W') so the same plot shows it. It has no gate
+                    to make linear, so `map_guided_sigmoid_gate=false` with it is refused (ClipAlignConfig).
+  act is a sigmoid (gate in [0, 1], the seed's) or, with `map_guided_sigmoid_gate=false`, the identity (a
+  linear, unbounded gate; a linear channel gate's last bias starts at 1, a pass-through).
+- MapGate (non-3D backbones with `map_guided`, "Detailed Architecture" B): an MLP maps a summary of the map
+  to a gate (B, D) that scales the video feature. `map_guided_type` names the summary: `channel` the seed's
+  global average per attention channel (B, A), `grid` the project's average over a coarse (1, 4, 4) grid
+  per attention channel (B, 16 A), which also says where the attention lies. The 3D-only types are refused
+  for these backbones rather than ignored (ClipAlignConfig.validate).
 
 Shape letters: B batch, T frames, H x W frame size, A attention channels, T' x H' x W' token grid,
 N = T'H'W' tokens, F trunk channels, D feature dim (clip_feature_dim), Hd gate hidden dim.
@@ -37,8 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GUIDE_TYPES = ("spatiotemporal", "channel", "weighted_pool")
-MAP_GATE_GRID = (1, 4, 4)  # coarse (T, H, W) grid of the map summary that `map_gate` reads
+GUIDE_TYPES = ("channel", "channel_attended", "spatiotemporal", "weighted_pool")   # MapGuidedVideoEncoder (3dcnn)
+MAP_GATE_TYPES = ("channel", "grid")   # MapGate (2dcnn, cnn_lstm): the map summary its MLP reads
+MAP_GATE_GRID = (1, 4, 4)  # coarse (T, H, W) grid of the `grid` summary
 
 
 def _conv3d(cin, cout, stride):
@@ -116,7 +126,8 @@ def _gate_activation(raw, sigmoid_gate):
 
 
 class MapGuidedVideoEncoder(nn.Module):
-    """3D CNN whose pooling is guided by the attention map (seed 003 "Detailed Architecture" A.d)."""
+    """3D CNN whose pooling is guided by the attention map (seed 003 "Detailed Architecture" A.d: `channel`;
+    `channel_attended`, `spatiotemporal` and `weighted_pool` are the project's variants)."""
 
     def __init__(self, in_channels, attn_in_channels, feature_dim, hidden_dim=64, guide_type="spatiotemporal",
                  sigmoid_gate=True, width=16):
@@ -129,14 +140,15 @@ class MapGuidedVideoEncoder(nn.Module):
         if guide_type == "spatiotemporal":
             self.gate_net = nn.Sequential(nn.Conv3d(attn_in_channels, hidden_dim, 3, 1, 1), nn.ReLU(inplace=True),
                                           nn.Conv3d(hidden_dim, token_dim, 1))
-        elif guide_type == "channel":
-            self.gate_net = nn.Sequential(nn.Linear(token_dim, hidden_dim), nn.ReLU(inplace=True),
+        elif guide_type in ("channel", "channel_attended"):
+            summary_dim = attn_in_channels if guide_type == "channel" else token_dim   # A (map) or F (tokens)
+            self.gate_net = nn.Sequential(nn.Linear(summary_dim, hidden_dim), nn.ReLU(inplace=True),
                                           nn.Linear(hidden_dim, token_dim))
         else:
             self.gate_net = None
         if guide_type == "spatiotemporal":
             self._init_gate_from_map(attn_in_channels, hidden_dim)
-        elif guide_type == "channel" and not sigmoid_gate:
+        elif guide_type != "weighted_pool" and not sigmoid_gate:
             nn.init.ones_(self.gate_net[-1].bias)                       # linear channel gate starts near 1
 
     @torch.no_grad()
@@ -168,8 +180,12 @@ class MapGuidedVideoEncoder(nn.Module):
             gate = _gate_activation(self.gate_net(a), self.sigmoid_gate)   # (B, F, T', H', W')
             g = gate.flatten(2)                                         # (B, F, N)
             contrib = g * x_flat / g.abs().sum(2, keepdim=True).clamp_min(1e-6)   # (B, F, N) gated average
-        elif self.guide_type == "channel":
-            summary = torch.einsum("bn,bfn->bf", weights, x_flat)       # (B, F) map-weighted average
+        elif self.guide_type == "channel":                              # seed 003 A.d as written
+            summary = attn_map.mean(dim=(2, 3, 4))                      # (B, A) global average of the map
+            gate = _gate_activation(self.gate_net(summary), self.sigmoid_gate)   # (B, F)
+            contrib = gate[:, :, None] * x_flat / N                     # (B, F, N)
+        elif self.guide_type == "channel_attended":
+            summary = torch.einsum("bn,bfn->bf", weights, x_flat)       # (B, F) map-weighted token average
             gate = _gate_activation(self.gate_net(summary), self.sigmoid_gate)   # (B, F)
             contrib = gate[:, :, None] * x_flat / N                     # (B, F, N)
         else:
@@ -181,11 +197,15 @@ class MapGuidedVideoEncoder(nn.Module):
 
 
 class MapGate(nn.Module):
-    """`map_gate` for non-3D backbones: coarse map summary -> MLP -> gate (B, D) scaling the video feature."""
+    """`map_gate` for non-3D backbones: map summary (`channel`: global average, `grid`: 4 x 4 grid average)
+    -> MLP -> gate (B, D) scaling the video feature."""
 
-    def __init__(self, attn_in_channels, feature_dim, hidden_dim=64, sigmoid_gate=True):
+    def __init__(self, attn_in_channels, feature_dim, hidden_dim=64, sigmoid_gate=True, summary="channel"):
         super().__init__()
-        summary_dim = attn_in_channels * MAP_GATE_GRID[0] * MAP_GATE_GRID[1] * MAP_GATE_GRID[2]
+        if summary not in MAP_GATE_TYPES:
+            raise ValueError(f"map_gate summary must be one of {MAP_GATE_TYPES}, got {summary!r}")
+        self.grid = (1, 1, 1) if summary == "channel" else MAP_GATE_GRID
+        summary_dim = attn_in_channels * self.grid[0] * self.grid[1] * self.grid[2]
         self.sigmoid_gate = sigmoid_gate
         self.mlp = nn.Sequential(nn.Linear(summary_dim, hidden_dim), nn.ReLU(inplace=True),
                                  nn.Linear(hidden_dim, feature_dim))
@@ -194,5 +214,5 @@ class MapGate(nn.Module):
 
     def forward(self, attn_map):
         """attn_map (B, A, T, H, W) -> gate (B, D)"""
-        summary = F.adaptive_avg_pool3d(attn_map, MAP_GATE_GRID).flatten(1)   # (B, A*16)
+        summary = F.adaptive_avg_pool3d(attn_map, self.grid).flatten(1)       # (B, A) or (B, A*16)
         return _gate_activation(self.mlp(summary), self.sigmoid_gate)          # (B, D)

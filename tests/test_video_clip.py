@@ -38,7 +38,7 @@ SEED_COMMANDS = {   # seed 003 "Example Commands", same overrides
     "C2": "model.map_guided=true model.map_guided_type=weighted_pool",
     "C3": "model.map_guided=true model.map_guided_type=spatiotemporal model.map_guided_sigmoid_gate=true",
     "C3-linear": "model.map_guided=true model.map_guided_sigmoid_gate=false",
-    "2dcnn-map_gate": "model.clip_backbone=2dcnn model.map_guided=true",
+    "2dcnn-map_gate": "model.clip_backbone=2dcnn model.map_guided=true model.map_guided_type=channel",
     "cnn_lstm-fusion": "model.clip_backbone=cnn_lstm model.clip_classifier_source=fusion",
 }
 

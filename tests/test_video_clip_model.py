@@ -30,7 +30,9 @@ def _model(**kw):
 @pytest.mark.parametrize("backbone,map_guided,source", list(itertools.product(
     ["3dcnn", "2dcnn", "cnn_lstm"], [False, True], ["video", "attn", "fusion"])))
 def test_output_shapes_every_backbone(backbone, map_guided, source):
-    model = _model(clip_backbone=backbone, map_guided=map_guided, clip_classifier_source=source, attn_in_channels=2)
+    guide_type = "spatiotemporal" if backbone == "3dcnn" else "grid"
+    model = _model(clip_backbone=backbone, map_guided=map_guided, clip_classifier_source=source, attn_in_channels=2,
+                   map_guided_type=guide_type)
     out = model(*_inputs(attn_channels=2))
     assert out["logits"].shape == (B, K)
     for name in ("video_embed", "attn_embed"):
@@ -45,8 +47,12 @@ def test_output_shapes_every_backbone(backbone, map_guided, source):
 
 
 @pytest.mark.parametrize("guide_type,sigmoid", list(itertools.product(
-    ["spatiotemporal", "channel", "weighted_pool"], [True, False])))
+    ["spatiotemporal", "channel", "channel_attended", "weighted_pool"], [True, False])))
 def test_map_guided_variants_shapes_and_gate_ranges(guide_type, sigmoid):
+    if guide_type == "weighted_pool" and not sigmoid:   # no gate to make linear: refused
+        with pytest.raises(ValueError, match="no effect"):
+            _model(map_guided=True, map_guided_type=guide_type, map_guided_sigmoid_gate=sigmoid)
+        return
     model = _model(map_guided=True, map_guided_type=guide_type, map_guided_sigmoid_gate=sigmoid)
     video, attn = _inputs()
     out = model(video, attn)
@@ -55,7 +61,7 @@ def test_map_guided_variants_shapes_and_gate_ranges(guide_type, sigmoid):
     assert out["attn_grid"].shape == (B, n_tokens)
     gate = out["video_gate"]
     expected_gate = {"spatiotemporal": (B, token_dim, T // 2, S // 4, S // 4), "channel": (B, token_dim),
-                     "weighted_pool": (B, 1, T // 2, S // 4, S // 4)}[guide_type]
+                     "channel_attended": (B, token_dim), "weighted_pool": (B, 1, T // 2, S // 4, S // 4)}[guide_type]
     assert gate.shape == expected_gate
     # the pooled trunk output is the sum of the token contributions
     pooled = out["video_tokens"].sum(1)
@@ -94,8 +100,37 @@ def test_map_guidance_uses_the_map_and_plain_encoder_ignores_it():
     assert not torch.allclose(guided(video, attn)["video_feat"], guided(video, attn2)["video_feat"])
     plain = _model(map_guided=False)
     assert torch.allclose(plain(video, attn)["video_feat"], plain(video, attn2)["video_feat"])
-    gated2d = _model(map_guided=True, clip_backbone="2dcnn")
+    gated2d = _model(map_guided=True, clip_backbone="2dcnn", map_guided_type="grid")
     assert not torch.allclose(gated2d(video, attn)["video_feat"], gated2d(video, attn2)["video_feat"])
+
+
+@pytest.mark.parametrize("backbone", ["3dcnn", "2dcnn"])
+def test_seed_channel_gate_reads_only_the_global_average_of_the_map(backbone):
+    """Seed 003 A.d / B: the gate comes from the map's global average per channel, through a small MLP, in [0, 1]:
+    moving the attention changes nothing, scaling it changes the gate; 3D tokens are gated alike, pooled uniformly."""
+    video, attn = _inputs()
+    model = _model(map_guided=True, map_guided_type="channel", clip_backbone=backbone)
+    out = model(video, attn)
+    moved = model(video, torch.roll(attn, shifts=(3, 7), dims=(-2, -1)))
+    assert torch.allclose(out["video_feat"], moved["video_feat"], atol=1e-5)
+    scaled = model(video, 0.3 * attn)
+    assert not torch.allclose(out["video_gate"], scaled["video_gate"])
+    assert out["video_gate"].min() >= 0 and out["video_gate"].max() <= 1
+    if backbone == "3dcnn":
+        enc = model.video_encoder
+        assert enc.gate_net[0].in_features == 1                     # A: one value per attention channel
+        x = enc.backbone.tokens(video).flatten(2)                   # (B, F, N)
+        gate = torch.sigmoid(enc.gate_net(attn.mean(dim=(2, 3, 4))))   # (B, F)
+        assert torch.allclose(out["video_gate"], gate, atol=1e-6)
+        assert torch.allclose(out["video_feat"], enc.backbone.proj(gate * x.mean(2)), atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone,guide_type,sigmoid", [
+    ("2dcnn", "spatiotemporal", True), ("cnn_lstm", "weighted_pool", True), ("cnn_lstm", "channel_attended", True),
+    ("3dcnn", "grid", True), ("3dcnn", "weighted_pool", False), ("3dcnn", "bogus", True)])
+def test_a_switch_the_model_would_ignore_is_an_error(backbone, guide_type, sigmoid):
+    with pytest.raises(ValueError, match="map_guided"):
+        _model(map_guided=True, clip_backbone=backbone, map_guided_type=guide_type, map_guided_sigmoid_gate=sigmoid)
 
 
 def test_clip_loss_matches_hand_computation():
