@@ -23,10 +23,14 @@ Design choices:
 
 Shape letters: C detection classes incl. no finding, N boxes.
 """
+import re
+from dataclasses import dataclass, replace
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from data import labeler_phrases as P
 from data.labels import CHEXPERT_LABELS, NIH_LABELS, PHANTOM_FINDINGS
 
 NO_FINDING = "No Finding"
@@ -38,7 +42,7 @@ CHEXPERT_TO_NIH_BOX = {"Atelectasis": ["Atelectasis"], "Cardiomegaly": ["Cardiom
                        "Effusion": ["Pleural Effusion"], "Infiltration": ["Lung Opacity"], "Mass": ["Lung Lesion"],
                        "Nodule": ["Lung Lesion"], "Pneumonia": ["Pneumonia"], "Pneumothorax": ["Pneumothorax"]}
 SOURCES = ("phantom", "nih", "chexpert")
-CAPTIONS = ("findings", "labels", "report")
+CAPTIONS = ("findings", "labels", "report", "statements")
 
 
 def _join(phrases):
@@ -80,6 +84,113 @@ def caption_from_report(report, max_sentences=3):
         findings, impression = report, ""
     sentences = split_sentences(impression or findings)
     return " ".join(sentences[:max_sentences]) or NO_FINDING_CAPTION
+
+
+# --- report-derived statements (seed 000 "RDF" captions) -----------------------------------------------------
+@dataclass(frozen=True)
+class Statement:
+    """One structured finding statement read from a report (seed 000: "RDF" captions)."""
+    observation: str   # CheXpert observation (data.labels.CHEXPERT_LABELS)
+    finding: str       # the word the caption uses ("pleural effusion", "nodule", "mass", "opacity")
+    laterality: str    # right | left | bilateral | "" (none written, or midline findings)
+    zone: str          # canonical zone (labeler_phrases.ZONE_WORDS / DEFAULT_ZONE) or ""
+    certainty: str     # positive | uncertain
+
+
+def _finding_word(observation, phrase):
+    if observation == "Lung Lesion":
+        return "mass" if "mass" in phrase else "nodule" if "nodul" in phrase else "lung lesion"
+    if observation == "Pleural Other":
+        return phrase.strip()
+    return {"Lung Opacity": "opacity", "Pneumonia": "pneumonia"}.get(observation, observation.lower())
+
+
+def _nearest(regexes, text, start, end):
+    """-> (value, match) of the vocabulary word nearest to text[start:end] (words before win ties), or None."""
+    best = None
+    for pattern, value in regexes.items():
+        for match in re.finditer(rf"(?<![\w-])(?:{pattern})(?![\w])", text):
+            if start <= match.start() < end:
+                continue   # inside the mention itself
+            distance = start - match.end() if match.end() <= start else match.start() - end + 0.5
+            if best is None or distance < best[0]:
+                best = (distance, value, match)
+    return best and best[1:]
+
+
+def _locate(sentence, mention):
+    """-> (laterality, zone) from the mention's clause (data/labeler.py): the nearest side word and the nearest
+    zone word; "right and left" is bilateral; a zone word may fix the side (lingula, retrocardiac)."""
+    from data.labeler import _clause
+    left, right = _clause(sentence, mention.start)
+    clause, start, end = sentence[left:right], mention.start - left, mention.end - left
+    side = _nearest(P.LATERALITY_WORDS, clause, start, end)
+    zone = _nearest(P.ZONE_WORDS, clause, start, end)
+    laterality = side[0] if side else ""
+    if re.search(r"\b(?:right and left|left and right)\b", clause):
+        laterality = "bilateral"
+    if not laterality and zone:
+        laterality = next((value for pattern, value in P.ZONE_IMPLIES_SIDE.items()
+                           if re.fullmatch(pattern, zone[1].group(0))), "")
+    zone_name = zone[0] if zone else P.DEFAULT_ZONE.get(mention.observation, "")
+    if mention.observation in ("Cardiomegaly", "Enlarged Cardiomediastinum"):
+        laterality, zone_name = "", P.DEFAULT_ZONE[mention.observation]   # midline by definition
+    return laterality, zone_name
+
+
+def report_statements(report):
+    """Report text -> [Statement], one per positive or uncertain finding, in reading order.
+
+    Rules: mentions and their certainty come from the rule labeler (data/labeler.py). A negated mention gives
+    no statement; an uncertain one gives a statement with certainty "uncertain" (rendered "possible ...").
+    Support devices, the "no finding" list of other abnormalities, and a neutral anatomy word the labeler calls
+    uncertain ("stable cardiomediastinal silhouette") give none. An opacity word in a sentence
+    that names a more specific finding (OPACITY_CHILDREN) gives none. Laterality and zone come from the mention's
+    clause (_locate). Repeats (findings and impression) merge: a statement whose laterality and zone are
+    each equal to another's or empty is dropped in favour of that one, and positive wins over uncertain."""
+    from data.labeler import POSITIVE, UNCERTAIN, classified_mentions
+    candidates = []
+    mentions = classified_mentions(report)
+    for sentence, mention, value in mentions:
+        if value not in (POSITIVE, UNCERTAIN) or mention.observation not in P.MENTIONS \
+                or mention.observation == "Support Devices" or (value == UNCERTAIN and mention.phrase in P.ANATOMY_PHRASES):
+            continue
+        if mention.observation == "Lung Opacity" and any(
+                s == sentence and m.observation in P.OPACITY_CHILDREN and v in (POSITIVE, UNCERTAIN)
+                for s, m, v in mentions):
+            continue
+        laterality, zone = _locate(sentence, mention)
+        candidates.append(Statement(mention.observation, _finding_word(mention.observation, mention.phrase),
+                                    laterality, zone, "positive" if value == POSITIVE else "uncertain"))
+
+    def covers(a, b):   # a says everything b says about the same observation
+        same_zone = b.zone in ("", a.zone) or P.ZONE_REGION.get(b.zone, b.zone) == P.ZONE_REGION.get(a.zone)
+        return (a.observation == b.observation and b.laterality in ("", a.laterality) and same_zone
+                and b.finding in (a.finding, "opacity", "lung lesion"))
+
+    kept = []
+    for index, statement in enumerate(candidates):
+        better = [other for j, other in enumerate(candidates) if j != index and covers(other, statement)
+                  and (not covers(statement, other) or j < index)]
+        if not better:
+            certain = any(covers(other, statement) and covers(statement, other) and other.certainty == "positive"
+                          for other in candidates)
+            kept.append(replace(statement, certainty="positive") if certain else statement)
+    return kept
+
+
+def render_statement(statement):
+    """Statement -> 'possible left lower zone atelectasis' (the heart's and mediastinum's zone is implied)."""
+    zone = statement.zone if statement.zone not in ("cardiac", "mediastinal") else ""
+    zone = f"{zone} zone" if zone in ("upper", "middle", "lower") else zone
+    words = ["possible" if statement.certainty == "uncertain" else "", statement.laterality, zone, statement.finding]
+    return " ".join(word for word in words if word)
+
+
+def caption_from_report_statements(report):
+    """Report text -> one rendered statement per finding: 'right basal pleural effusion. possible left lower zone
+    atelectasis.' (NO_FINDING_CAPTION when the report states no finding)."""
+    return _join([render_statement(statement) for statement in report_statements(report)])
 
 
 def detection_labels(sample, class_names, source):
@@ -161,6 +272,8 @@ class DetectionCaptionDataset(torch.utils.data.Dataset):
             return caption_from_findings(sample["findings"], self.class_names)
         if self.caption == "report":
             return caption_from_report(sample["report"], self.max_report_sentences)
+        if self.caption == "statements":
+            return caption_from_report_statements(sample["report"])
         return caption_from_labels(labels, self.class_names)
 
     def __len__(self):

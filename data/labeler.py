@@ -206,17 +206,25 @@ def _aggregate(values):
     return UNCERTAIN if UNCERTAIN in values else NEGATIVE
 
 
-def label_report(text):
-    """Report text -> {observation: 1.0 | 0.0 | -1.0 | None} over all 14 CHEXPERT_LABELS."""
+def classified_mentions(text):
+    """Report text -> [(cleaned sentence, Mention, 1.0 | 0.0 | -1.0)] in reading order (steps 1-3); the
+    report-derived captions (data/captions.py report_statements) read each mention's location from them."""
     if not isinstance(text, str):
         raise TypeError(f"label_report: expected a report str, got {type(text).__name__}: {text!r}")
-    found = {}
+    out = []
     for sentence in split_sentences(clean_text(text)):
-        for mention in find_mentions(sentence):
-            value = classify(sentence, mention)
-            found.setdefault(mention.observation, []).append(value)
-            if mention.phrase in P.HEART_FAILURE_PHRASES and value != NEGATIVE:
-                found.setdefault("Cardiomegaly", []).append(UNCERTAIN)
+        for mention in sorted(find_mentions(sentence), key=lambda m: m.start):
+            out.append((sentence, mention, classify(sentence, mention)))
+    return out
+
+
+def label_report(text):
+    """Report text -> {observation: 1.0 | 0.0 | -1.0 | None} over all 14 CHEXPERT_LABELS."""
+    found = {}
+    for _, mention, value in classified_mentions(text):
+        found.setdefault(mention.observation, []).append(value)
+        if mention.phrase in P.HEART_FAILURE_PHRASES and value != NEGATIVE:
+            found.setdefault("Cardiomegaly", []).append(UNCERTAIN)
     labels = {name: (_aggregate(found[name]) if name in found else None) for name in CHEXPERT_LABELS}
     abnormal = [name for name in list(P.MENTIONS) + [P.NO_FINDING_KEY] if name != "Support Devices"
                 and name in found and _aggregate(found[name]) in (POSITIVE, UNCERTAIN)]

@@ -158,3 +158,33 @@ ALWAYS_UNCERTAIN = ["vascular congestion", "pulmonary congestion", "indistinctne
 HEART_FAILURE_PHRASES = ["chf", "heart failure"]
 
 assert set(MENTIONS) == set(CHEXPERT_LABELS) - {"No Finding"}, "MENTIONS must cover the 13 observations"
+
+# --- location vocabulary (ours; read by data/captions.py report_statements, not by the labeler) -----------
+# laterality words, patient frame as radiologists write them; "bibasilar" also gives a zone (ZONE_WORDS)
+LATERALITY_WORDS = {r"right": "right", r"left": "left", r"bilateral(?:ly)?": "bilateral", r"both": "bilateral",
+                    r"bibasi(?:lar|lal|al)": "bilateral", r"biapical": "bilateral"}
+# zone or anatomical location words -> canonical zone; lobes count as the zone they mostly fill on a frontal film
+ZONE_WORDS = {
+    r"apic\w*|apex|apices": "apical",
+    r"upper(?: lobes?| lungs?| zones?)?": "upper",
+    r"mid(?:dle)?(?: lobes?| lungs?| zones?)|mid-lung|midlung|middle|lingula\w*": "middle",
+    r"lower(?: lobes?| lungs?| zones?)?": "lower",
+    r"bases?|basal|basilar|bibasi(?:lar|lal|al)|subpulmonic": "basal",
+    r"costophrenic(?: angles?| sulcus| sulci)?": "costophrenic",
+    r"retrocardiac": "retrocardiac",
+    r"perihilar|parahilar": "perihilar",
+    r"hilar|hila|hilum": "hilar",
+}
+# a zone word that fixes the side when the clause has no side word ("lingula" and "retrocardiac" are left)
+ZONE_IMPLIES_SIDE = {r"lingula\w*": "left", r"retrocardiac": "left", r"middle lobe": "right"}
+# canonical zone -> coarse region (what a phantom's zone is compared with)
+ZONE_REGION = {"apical": "upper", "upper": "upper", "middle": "middle", "lower": "lower", "basal": "lower",
+               "costophrenic": "lower", "retrocardiac": "lower", "perihilar": "central", "hilar": "central",
+               "cardiac": "cardiac", "mediastinal": "mediastinal"}
+# where a finding lies when its sentence names no zone: the heart and mediastinum by definition; on an upright
+# frontal film free pleural fluid layers at the base and free air rises to the apex
+DEFAULT_ZONE = {"Cardiomegaly": "cardiac", "Enlarged Cardiomediastinum": "mediastinal",
+                "Pleural Effusion": "basal", "Pneumothorax": "apical"}
+# Lung Opacity is the parent of these (CheXpert hierarchy): an opacity word in a sentence that names one of
+# them describes that finding and gives no statement of its own
+OPACITY_CHILDREN = ("Atelectasis", "Consolidation", "Edema", "Lung Lesion", "Pneumonia")
