@@ -4,13 +4,19 @@ text"; research/wsrpn_rodeo.md §5).
     caption_from_findings(findings, class_names) -> "moderate left basal pleural effusion. mild cardiomegaly."
     caption_from_labels(labels (C,), class_names) -> "atelectasis and effusion."       (NIH: labels only)
     caption_from_report(report, max_sentences=3) -> the impression's (else the findings') first sentences (MIMIC)
+    caption_from_report_statements(report) -> "right basal pleural effusion. possible left lower zone atelectasis."
+        (report_statements: one structured statement per positive or uncertain finding, from the rule labeler's
+        mentions and the location vocabulary of data/labeler_phrases.py; seed 000's "RDF" captions)
     DetectionCaptionDataset(base, class_names, source, caption, ...) -> samples for train_wsrpn_vl.py
 
 Design choices:
 - Which caption a dataset can have: phantoms know every finding's side, zone and size, so their captions
   say where ("left basal"); NIH ChestX-ray14 has image labels only (its captions name the classes, no
-  location); MIMIC-CXR has real reports (sentences of the impression, else of the findings section).
-  A caption only names the detection classes (class_names); an image without any says NO_FINDING_CAPTION.
+  location); MIMIC-CXR has real reports. Caption "statements" renders a report's findings as structured
+  statements (finding, laterality, zone, certainty; negated findings give none, uncertain ones say "possible"),
+  naming every finding the report states; caption "report" keeps sentences of the impression (else of the
+  findings). Captions "findings" and "labels" only name the detection classes (class_names). A caption with
+  nothing to name says NO_FINDING_CAPTION.
 - Labels in the detection space: (C,) over class_names + ["No Finding"] (no finding last, as WSRPN needs).
   source "phantom": from the phantom's findings (box_labels index PHANTOM_FINDINGS), no finding = no finding
   drawn except support devices; source "nih": NIH_LABELS by name, no finding = no NIH label;
