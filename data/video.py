@@ -1,7 +1,7 @@
 """Real clinical videos with clinician attention maps, in one documented folder format (seed 003 data).
 
     VideoFolderDataset(root, split, class_names, num_frames=16, image_size=112, attn_normalize="frame_max")
-    normalize_attention(maps, mode) ; subject_splits(subjects, fractions, seed)
+    normalize_attention(maps, mode) ; subject_splits(subjects, fractions, seed) ; video_shape(path) -> (T, H, W)
 
 Folder format (write your data like this; data/phantom_video.py `write_video_folder` writes phantoms so):
 
@@ -11,10 +11,11 @@ Folder format (write your data like this; data/phantom_video.py `write_video_fol
                                  let subject_splits assign it (70/15/15 by subject, seeded)
     <root>/videos/<id>/          a frame folder: one image per frame (png/jpg/bmp/tif, any PIL mode),
                                  in file-name order (zero-pad the numbers: 0000.png, 0001.png, ...)
-      or <root>/videos/<id>.npy  array (T, H, W) grey or (T, H, W, 3) RGB; uint8 0..255 or float in [0, 1]
-      or <root>/videos/<id>.mp4  NOT decoded: this environment has no video decoder (torchvision 0.29 has no
-                                 video reader and PyAV / OpenCV are not dependencies). Convert first, e.g.
-                                 `ffmpeg -i <id>.mp4 videos/<id>/%04d.png`; a clear error says so.
+      or <root>/videos/<id>.npy  array (T, H, W) grey or (T, H, W, 3) RGB; uint8 0..255 or float in [0, 1];
+                                 memory-mapped: only the sampled frames are read
+      or <root>/videos/<id>.mp4  (or .avi, .mov, .mkv) decoded with PyAV (`pip install av`, an optional
+                                 dependency; without it the error names the install command and the ffmpeg
+                                 command `ffmpeg -i <id>.mp4 videos/<id>/%04d.png` that makes a frame folder)
     <root>/attention/<id>.npy    attention maps (T, H, W) or (T, A, H, W), non-negative, any scale
       or <root>/attention/<id>/  one grey PNG per video frame, same count and order as the frames
 
@@ -29,8 +30,8 @@ A frame image or .npy that cannot be decoded (truncated, corrupt) is a DataError
 is loaded; under skip the video is left out of its batch instead and counted (data/io.py RecordDataset, whose
 load-time policy this class shares), and `check_images=True` reads every video once when the dataset is built.
 Maps may have another resolution than the frames (they are resized to the frame size). Gaze recordings
-(fixation tables) must first be turned into per-frame maps (research/contrastive_vl.md §6: duration-weighted
-Gaussian splats per frame).
+(x, y, t points) become attention/<id>.npy volumes with data/gaze.py (`python -m data.gaze`: one Gaussian
+per point, of a stated width, on the frame the point's time falls in).
 
 Sample: video (3, T, H, W) float32 in [0, 1] (grey copied to 3 channels), attn_map (A, T, H, W) float32
 normalized by `attn_normalize` (frame_max: each frame's max = 1; frame_sum: each frame sums to 1; none),
@@ -50,6 +51,7 @@ from data.sample import DataError
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")   # decoded with PyAV (optional dependency)
 REQUIRED_COLUMNS = ("id", "label", "subject", "split")
 
 
@@ -82,10 +84,41 @@ def _locate(root, kind, vid):
     base = root / kind
     if (base / vid).is_dir():
         return "frames", base / vid
-    for suffix in (".npy", ".mp4"):
+    for suffix in (".npy",) + VIDEO_SUFFIXES:
         if (base / f"{vid}{suffix}").is_file():
-            return suffix[1:], base / f"{vid}{suffix}"
+            return ("npy" if suffix == ".npy" else "video"), base / f"{vid}{suffix}"
     return None
+
+
+def _open_video(path):
+    """PyAV container of a video file; DataError naming the install and conversion commands without PyAV."""
+    try:
+        import av
+    except ImportError:
+        raise DataError(f"{path}: decoding {path.suffix} videos needs PyAV (`pip install av`, an optional "
+                        f"dependency). Or convert it to a frame folder: `ffmpeg -i {path} "
+                        f"{path.with_suffix('')}/%04d.png` (then remove the {path.suffix} file)") from None
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, OSError, ValueError) as error:
+        raise DataError(f"cannot open video {path}: {error}") from None
+
+
+def _decode_video(path, keep=None):
+    """Video file -> uint8 numpy (n, H, W, 3) RGB of the frames whose index is in `keep` (all if None), in order;
+    frames are decoded one after another and only the kept ones are stored."""
+    import av
+    frames = []
+    with _open_video(path) as container:
+        try:
+            for i, frame in enumerate(container.decode(video=0)):
+                if keep is None or i in keep:
+                    frames.append(frame.to_ndarray(format="rgb24"))            # (H, W, 3)
+        except (av.error.FFmpegError, ValueError) as error:
+            raise DataError(f"cannot decode video {path} after {len(frames)} frames: {error}") from None
+    if not frames:
+        raise DataError(f"{path}: no video frames decoded")
+    return np.stack(frames)
 
 
 def _count_frames(fmt, path):
@@ -93,9 +126,11 @@ def _count_frames(fmt, path):
         return len(_frame_files(path))
     if fmt == "npy":
         return int(_load_npy(path, mmap_mode="r").shape[0])
-    raise DataError(f"{path}: mp4 videos cannot be decoded here (no video reader among the dependencies: "
-                    f"torchvision 0.29 has none, PyAV/OpenCV are not installed). Convert it to a frame folder, "
-                    f"e.g. `ffmpeg -i {path} {path.with_suffix('')}/%04d.png`, or to a .npy (T, H, W[, 3]) array")
+    with _open_video(path) as container:          # the container's frame count, else count by decoding
+        if not container.streams.video:
+            raise DataError(f"{path}: no video stream")
+        counted = container.streams.video[0].frames
+    return int(counted) if counted > 0 else len(_decode_video(path))
 
 
 def _load_npy(path, mmap_mode=None):
@@ -114,16 +149,30 @@ def _load_frame(path):
         raise DataError(f"cannot read image {path}: {error}; expected a readable frame image") from None
 
 
-def _read_frames(fmt, path):
-    """-> float32 numpy (T, H, W, C) in the file's own value range."""
+def _read_frames(fmt, path, idx=None):
+    """-> numpy (T, H, W, C) in the file's own value range and dtype: the frames at indices idx (all if None).
+    Only those frames are read: frame files by index, .npy through a memory map, videos decoded up to the last."""
     if fmt == "frames":
-        arrays = [_load_frame(p) for p in _frame_files(path)]
+        files = _frame_files(path)
+        arrays = [_load_frame(files[i]) for i in (range(len(files)) if idx is None else idx)]
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
             raise DataError(f"{path}: frames have different sizes {sorted(shapes)}")
         arr = np.stack(arrays)
+    elif fmt == "npy":
+        arr = _load_npy(path, mmap_mode="r")
+        if idx is not None:
+            arr = arr[np.asarray(idx)]                                 # copies only these frames
     else:
-        arr = _load_npy(path)
+        decoded = _decode_video(path, None if idx is None else set(int(i) for i in idx))   # (n, H, W, 3)
+        if idx is not None:   # repeated indices (a clip shorter than num_frames) map to the sorted unique ones
+            unique = sorted(set(int(i) for i in idx))
+            if len(decoded) != len(unique):
+                raise DataError(f"{path}: decoded {len(decoded)} of the {len(unique)} frames asked for "
+                                "(fewer frames than the container reports)")
+            arr = decoded[[unique.index(int(i)) for i in idx]]
+        else:
+            arr = decoded
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4:
@@ -131,20 +180,31 @@ def _read_frames(fmt, path):
     return arr
 
 
-def _read_maps(fmt, path):
-    """-> float32 numpy (T, A, H, W): npy (T, H, W) or (T, A, H, W); PNG frames must be grey."""
+def video_shape(path):
+    """A frame folder, .npy or video file -> (T, H, W) of its frames (reads the first frame only)."""
+    path = Path(path)
+    fmt = "frames" if path.is_dir() else "npy" if path.suffix == ".npy" else "video"
+    frame = _read_frames(fmt, path, [0])                                        # (1, H, W, C)
+    return _count_frames(fmt, path), frame.shape[1], frame.shape[2]
+
+
+def _read_maps(fmt, path, idx=None):
+    """-> float32 numpy (T, A, H, W) at frame indices idx (all if None): npy (T, H, W) or (T, A, H, W), memory-mapped;
+    PNG frames must be grey."""
     if fmt == "frames":
-        arr = _read_frames(fmt, path)                                           # (T, H, W, C)
+        arr = _read_frames(fmt, path, idx)                                      # (T, H, W, C)
         if arr.shape[-1] != 1:
             raise DataError(f"{path}: attention PNGs must be single-channel (grey), got {arr.shape[-1]} channels")
         arr = arr.transpose(0, 3, 1, 2)
     else:
-        arr = _load_npy(path)
+        arr = _load_npy(path, mmap_mode="r")
         if arr.ndim == 3:
             arr = arr[:, None]
         if arr.ndim != 4:
             raise DataError(f"{path}: expected an attention array (T, H, W) or (T, A, H, W), got shape {arr.shape}")
-    return arr.astype(np.float32)
+        if idx is not None:
+            arr = arr[np.asarray(idx)]                                         # copies only these frames
+    return np.asarray(arr, dtype=np.float32)
 
 
 class VideoFolderDataset(RecordDataset):
@@ -201,9 +261,9 @@ class VideoFolderDataset(RecordDataset):
         video = _locate(self.root, "videos", vid)
         if video is None:
             raise DataError(f"{where}: no video; looked for videos/{vid}/ (frames), videos/{vid}.npy and "
-                            f"videos/{vid}.mp4 under {self.root}")
+                            f"videos/{vid}.mp4 (.avi, .mov, .mkv) under {self.root}")
         attn = _locate(self.root, "attention", vid)
-        if attn is None or attn[0] == "mp4":
+        if attn is None or attn[0] == "video":
             raise DataError(f"{where}: missing attention map; looked for attention/{vid}.npy and "
                             f"attention/{vid}/ (one PNG per frame) under {self.root}")
         n_video, n_attn = _count_frames(*video), _count_frames(*attn)
@@ -240,19 +300,19 @@ class VideoFolderDataset(RecordDataset):
         """One video -> the sample of the module docstring (RecordDataset.__getitem__ applies on_error)."""
         vid, label, subject = record["id"], record["label"], record["subject"]
         (vfmt, vpath), (afmt, apath) = record["video"], record["attn"]
-        frames = _read_frames(vfmt, vpath)                                        # (T0, h, w, C)
-        if frames.dtype == np.uint8:
-            frames = frames.astype(np.float32) / 255.0
+        n_frames = _count_frames(vfmt, vpath)                                     # T0
+        idx = np.linspace(0, n_frames - 1, self.num_frames).round().astype(int)  # (T,) same for video and map
+        frames = _read_frames(vfmt, vpath, idx)                                   # (T, h, w, C)
+        frames = frames.astype(np.float32) / 255.0 if frames.dtype == np.uint8 else frames.astype(np.float32)
         if frames.shape[-1] not in (1, 3, 4):
             raise DataError(f"{vpath}: expected 1 (grey) or 3 (RGB) channels, got {frames.shape[-1]}")
-        maps = _read_maps(afmt, apath)                                            # (T0, A, h', w')
+        maps = _read_maps(afmt, apath, idx)                                       # (T, A, h', w')
         if (maps < 0).any():
             raise DataError(f"{apath}: attention map has negative values (min {maps.min():.3g})")
-        idx = np.linspace(0, frames.shape[0] - 1, self.num_frames).round().astype(int)   # (T,)
-        video = torch.from_numpy(np.ascontiguousarray(frames[idx, ..., :3])).permute(3, 0, 1, 2)   # (C, T, h, w)
+        video = torch.from_numpy(np.ascontiguousarray(frames[..., :3])).permute(3, 0, 1, 2)   # (C, T, h, w)
         if video.shape[0] == 1:
             video = video.expand(3, -1, -1, -1)                                 # (3, T, h, w)
-        attn = torch.from_numpy(np.ascontiguousarray(maps[idx])).transpose(0, 1)      # (A, T, h', w')
+        attn = torch.from_numpy(np.ascontiguousarray(maps)).transpose(0, 1)     # (A, T, h', w')
         video = self._resize(video.float(), "bilinear").clamp(0, 1)              # (3, T, S, S)
         attn = normalize_attention(self._resize(attn, "area"), self.attn_normalize)   # (A, T, S, S)
         return {"video": video.contiguous(), "attn_map": attn.contiguous(),
