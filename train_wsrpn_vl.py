@@ -9,12 +9,13 @@ Commands (run from the repository root):
     # continue an interrupted run exactly; or stop after a phase (1, 2, 3)
     python train_wsrpn_vl.py --resume runs/wsrpn_vl/tiny/last.pt --out runs/wsrpn_vl/tiny
     python train_wsrpn_vl.py --phase 1 --out runs/wsrpn_vl/p1
-    # paper scale, one GPU: NIH ChestX-ray14 (WSRPN protocol), DenseNet-121 + Bio_ClinicalBERT (edit data.root)
+    # paper scale, one GPU (seed 000): MIMIC-CXR with report-derived statement captions, evaluated on the NIH
+    # ChestX-ray14 boxes (WSRPN protocol); DenseNet-121 + Bio_ClinicalBERT (edit data.root and data.eval_root)
     python train_wsrpn_vl.py --config configs/wsrpn_vl.yaml
     # the same on 4 GPUs: the same global batch, 16 images per GPU (DenseNet batch norm: per-GPU statistics)
     torchrun --nproc_per_node 4 train_wsrpn_vl.py --config configs/wsrpn_vl.yaml
-    # MIMIC-CXR reports as captions, evaluated on the NIH boxes (edit data.root and data.eval_root)
-    python train_wsrpn_vl.py --config configs/wsrpn_vl.yaml data.dataset=mimic data.caption=report
+    # the WSRPN reference setting: NIH ChestX-ray14 train patients, label captions (no location)
+    python train_wsrpn_vl.py --config configs/wsrpn_vl.yaml data.dataset=nih data.root=NIH data.caption=labels
     # evaluation (RoDeO, AP@IoU, loc-acc, bootstrap, Gaussian scale/entropy, vision-text similarity, PNGs)
     python evaluate.py runs/wsrpn_vl/tiny/best.pt --split test --bootstrap 250 --visualize 8
     # the text-branch comparison: text off vs on, three seeds each, mean +- std (docs/wsrpn_vl.md)
@@ -73,6 +74,10 @@ def build_dataset(cfg, split, check_images=False):
     NIH images are read now (data.on_error says what a bad one does)."""
     d = cfg.data
     evaluation = split != "train"
+    needs = {"findings": ("phantom",), "report": ("phantom", "mimic"), "statements": ("phantom", "mimic")}
+    if d.dataset in ("phantom", "nih", "mimic") and d.dataset not in needs.get(d.caption, (d.dataset,)):
+        raise training.ConfigError(f"data.caption={d.caption} needs data.dataset in {needs[d.caption]} (NIH has "
+                                   f"labels only: data.caption=labels), got data.dataset={d.dataset}")
     if d.dataset == "phantom":
         from data.phantom import phantom_split
         count = {"train": d.train_samples, "val": d.val_samples, "test": d.test_samples}[split]

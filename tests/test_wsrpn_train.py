@@ -50,22 +50,30 @@ def test_resume_reproduces_the_uninterrupted_run_across_a_phase_boundary(tmp_pat
 
 
 @pytest.mark.slow
-def test_paper_size_model_runs_one_step_on_cpu(tmp_path):
-    """configs/wsrpn_vl.yaml with model.pretrained=false: DenseNet-121 denseblock4 (1024 channels, 7x7 at 224 px),
-    d_emb 256, K = 10, 9 classes, a random BERT-base-sized text encoder; one step on phantoms at 224 px."""
-    out = train_wsrpn_vl.main(["--config", "configs/wsrpn_vl.yaml", "--out", str(tmp_path), "model.pretrained=false",
-                               "data.dataset=phantom", "data.classes=[cardiomegaly, pleural effusion, pneumothorax, "
-                               "consolidation, atelectasis, nodule, edema, enlarged cardiomediastinum]",
-                               "data.caption=findings", "data.train_samples=12", "data.val_samples=4",
-                               "data.test_samples=4", "data.num_workers=0", "train.batch_size=2",
-                               "train.stop_after_steps=1", "loss.warmup_epochs=0", "eval.final_test=false", "train.device=cpu"])
+def test_paper_config_builds_the_paper_size_model_and_runs_two_steps_on_real_layouts(tmp_path):
+    """configs/wsrpn_vl.yaml as it is (MIMIC-CXR with statement captions, NIH boxes for val/test) with
+    model.pretrained=false: DenseNet-121 denseblock4 (1024 channels, 7x7 at 224 px), d_emb 256, K = 10, 9 classes,
+    a random BERT-base-sized text encoder; two steps on 224-px phantoms written in the MIMIC-CXR-JPG and NIH
+    ChestX-ray14 layouts (~1-2 min on 2 CPU cores)."""
+    from data.mimic_cxr import write_mimic_cxr
+    from data.nih import write_nih
+    from data.phantom import phantom_split
+    write_mimic_cxr(tmp_path / "mimic", phantom_split("train", 24, 224))
+    write_nih(tmp_path / "nih", phantom_split("val", 24, 224), images_per_patient=2)
+    out = train_wsrpn_vl.main(["--config", "configs/wsrpn_vl.yaml", "--out", str(tmp_path / "run"),
+                               "model.pretrained=false", f"data.root={tmp_path / 'mimic'}",
+                               f"data.eval_root={tmp_path / 'nih'}", "data.num_workers=0", "train.batch_size=2",
+                               "train.stop_after_steps=2", "loss.warmup_epochs=0", "eval.final_test=false",
+                               "train.device=cpu"])
     checkpoint = torch.load(out / "last.pt", weights_only=False)
+    assert checkpoint["config"]["data"]["caption"] == "statements" and checkpoint["config"]["data"]["image_size"] == 224
     weights = checkpoint["model"]
     assert weights["wsrpn.projection.0.weight"].shape == (1024,)  # BatchNorm over DenseNet-121 channels
     assert weights["wsrpn.roi_tokens"].shape == (1, 10, 256)
     assert weights["shared_projection.text_proj.weight"].shape == (128, 768)
-    row = read_log(out / "log.jsonl")[0]
-    assert row["phase"] == 2 and "contrastive" in row  # warmup 0: the text branch runs in this one step
+    rows = read_log(out / "log.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["phase"] == 2 and "contrastive" in r for r in rows)  # warmup 0: the text branch runs
 
 
 def test_build_dataset_reads_nih_wsrpn_split_and_mimic_reports(tmp_path):
@@ -78,20 +86,32 @@ def test_build_dataset_reads_nih_wsrpn_split_and_mimic_reports(tmp_path):
     write_nih(tmp_path / "nih", phantom_split("train", 40, 64), images_per_patient=2)
     write_mimic_cxr(tmp_path / "mimic", phantom_split("val", 40, 64))
     classes = "data.classes=[Atelectasis, Cardiomegaly, Effusion, Infiltration, Mass, Nodule, Pneumonia, Pneumothorax]"
-    cfg = training.load_config("configs/wsrpn_vl.yaml", [f"data.root={tmp_path / 'nih'}", classes, "data.image_size=64"])
+    cfg = training.load_config("configs/wsrpn_vl.yaml", [f"data.root={tmp_path / 'nih'}", "data.dataset=nih",
+                                                         "data.caption=labels", classes, "data.image_size=64"])
     train, test = train_wsrpn_vl.build_dataset(cfg, "train"), train_wsrpn_vl.build_dataset(cfg, "test")
     assert len(train) and len(test)
     assert all(len(train[i]["boxes"]) == 0 for i in range(len(train)))
     assert all(len(test[i]["boxes"]) > 0 and test[i]["image"].shape == (3, 64, 64) for i in range(len(test)))
     from data.captions import caption_from_labels
     assert all(train[i]["caption"] == caption_from_labels(train[i]["labels"], cfg.data.classes) for i in range(5))
-    cfg = training.load_config("configs/wsrpn_vl.yaml", [f"data.root={tmp_path / 'mimic'}", "data.dataset=mimic",
-                                                         f"data.eval_root={tmp_path / 'nih'}", "data.caption=report",
-                                                         classes, "data.image_size=64"])
+    cfg = training.load_config("configs/wsrpn_vl.yaml", [f"data.root={tmp_path / 'mimic'}", "data.caption=report",
+                                                         f"data.eval_root={tmp_path / 'nih'}", classes, "data.image_size=64"])
     mimic = train_wsrpn_vl.build_dataset(cfg, "train")
     assert len(mimic) and mimic[0]["labels"].shape == (9,)
     assert not mimic[0]["caption"].startswith("Findings:")  # impression sentences, not the whole report
     assert len(train_wsrpn_vl.build_dataset(cfg, "val")) > 0  # NIH boxes
+    # the paper default: MIMIC-CXR with one statement per finding of the report
+    from data.captions import caption_from_report_statements
+    cfg = training.load_config("configs/wsrpn_vl.yaml", [f"data.root={tmp_path / 'mimic'}", classes,
+                                                         f"data.eval_root={tmp_path / 'nih'}", "data.image_size=64"])
+    assert (cfg.data.dataset, cfg.data.caption) == ("mimic", "statements")
+    mimic = train_wsrpn_vl.build_dataset(cfg, "train")
+    for i in range(5):
+        assert mimic[i]["caption"] == caption_from_report_statements(mimic.base[mimic.indices[i]]["report"])
+    assert any(side in mimic[i]["caption"] for i in range(len(mimic)) for side in ("left", "right", "bilateral"))
+    cfg = training.load_config("configs/wsrpn_vl.yaml", [f"data.root={tmp_path / 'nih'}", "data.dataset=nih", classes])
+    with pytest.raises(training.ConfigError, match="NIH has labels only"):
+        train_wsrpn_vl.build_dataset(cfg, "train")
 
 
 def test_evaluate_checkpoint_metrics_pngs_and_user_images(tmp_path):
