@@ -86,7 +86,12 @@ def build_dataset(cfg, split, root=None, check_images=False):
 
 
 def build_model(cfg):
-    return VideoAttentionCLIP(ClipAlignConfig.from_dict(dict(cfg.model)))
+    """The model of cfg.model; a model key the chosen model cannot use is one ConfigError line, not a traceback."""
+    try:
+        config = ClipAlignConfig.from_dict(dict(cfg.model)).validate()
+    except ValueError as error:
+        raise training.ConfigError(str(error)) from None
+    return VideoAttentionCLIP(config)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -300,6 +305,8 @@ def main(argv=None):
     cfg = training.load_config(args.config, args.overrides)
     if cfg.get("system") != SYSTEM:
         raise training.ConfigError(f"{args.config}: system is {cfg.get('system')!r}, expected {SYSTEM!r}")
+    if not args.resume:
+        build_model(cfg)                  # a wrong model.* combination stops before any data is read
     if args.table:
         return run_table(args)
     return train(cfg, training.make_out_dir(args.out, SYSTEM, "train", args.resume, args.overwrite), args.resume)

@@ -1,11 +1,13 @@
-"""train_video_clip.py (seed 003): every example command of the seed runs two steps, resume continues
-exactly, the final evaluation writes the seed's metric names and PNG strips, retrieval and D2 metrics on
-constructed cases, the real folder format through evaluate_checkpoint, learning beyond chance on phantoms.
+"""train_video_clip.py (seed 003): every example command of the seed, as its equivalent in docs/video_clip.md,
+runs two steps; resume continues exactly, the final evaluation writes the seed's metric names and PNG strips,
+retrieval and D2 metrics on constructed cases, the real folder format through evaluate_checkpoint, learning beyond chance on phantoms.
 Run: python -m pytest -q tests/test_video_clip.py
 """
 import argparse
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,27 +31,54 @@ needs_metrics = pytest.mark.skipif(not _has_metrics(), reason="metrics/ (metrics
 from evals.video_clip import alignment_vs_correctness, video_clip_metrics
 
 SMALL = ["data.num_train=32", "data.num_val=16", "data.num_test=16", "train.batch_size=8", "eval.visualize=0"]
-SEED_COMMANDS = {   # seed 003 "Example Commands", same overrides
-    "B1": "model.map_guided=false loss.clip_weight=1.0 model.lambda_token=0",
-    "B2": "model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=0 model.lambda_token=0",
-    "B3": "model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=1.0 model.lambda_token=0",
-    "B4": "model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=1.0 model.lambda_token=0.1",
-    "C1": "model.map_guided=true model.map_guided_type=channel",
-    "C2": "model.map_guided=true model.map_guided_type=weighted_pool",
-    "C3": "model.map_guided=true model.map_guided_type=spatiotemporal model.map_guided_sigmoid_gate=true",
-    "C3-linear": "model.map_guided=true model.map_guided_sigmoid_gate=false",
-    "2dcnn-map_gate": "model.clip_backbone=2dcnn model.map_guided=true model.map_guided_type=channel",
-    "cnn_lstm-fusion": "model.clip_backbone=cnn_lstm model.clip_classifier_source=fusion",
-}
+SEED_COMMANDS = [   # seed 003 "Example Commands", verbatim; docs/video_clip.md maps each to a working command
+    "python -m project.main model.map_guided=false loss.clip_weight=1.0 model.lambda_token=0",
+    "python -m project.main model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=0 "
+    "model.lambda_token=0",
+    "python -m project.main model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=1.0 "
+    "model.lambda_token=0",
+    "python -m project.main model.map_guided=true model.map_guided_type=spatiotemporal loss.clip_weight=1.0 "
+    "model.lambda_token=0.1",
+    "python -m project.main model.map_guided=true model.map_guided_type=channel",
+    "python -m project.main model.map_guided=true model.map_guided_type=weighted_pool",
+    "python -m project.main model.map_guided=true model.map_guided_type=spatiotemporal model.map_guided_sigmoid_gate=true",
+]
+MORE_COMMANDS = [   # switches beyond the seed's commands
+    "python train_video_clip.py model.map_guided=true model.map_guided_type=channel_attended",
+    "python train_video_clip.py model.map_guided=true model.map_guided_sigmoid_gate=false",
+    "python train_video_clip.py model.clip_backbone=2dcnn model.map_guided=true model.map_guided_type=channel",
+    "python train_video_clip.py model.clip_backbone=cnn_lstm model.map_guided_type=grid "
+    "model.clip_classifier_source=fusion",
+]
+
+
+def _documented_equivalents():
+    """{seed command: working command} from the table "The seed's commands" of docs/video_clip.md."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "video_clip.md").read_text()
+    return dict(re.findall(r"^\| `(python -m project\.main [^`]*)` \| `(python train_video_clip\.py [^`]*)` \|",
+                           text, flags=re.M))
+
+
+def test_docs_list_every_seed_command_with_its_equivalent():
+    assert sorted(_documented_equivalents()) == sorted(SEED_COMMANDS)
+
+
+def test_a_map_guided_type_the_backbone_ignores_stops_with_one_config_error(tmp_path):
+    with pytest.raises(training.ConfigError, match="map_guided_type='spatiotemporal' has no meaning.*cnn_lstm"):
+        train_video_clip.main(["--out", str(tmp_path), "model.clip_backbone=cnn_lstm", *SMALL])
+    assert not (tmp_path / "config.yaml").exists()
 
 
 def _log(out_dir):
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("name", list(SEED_COMMANDS))
-def test_seed_command_parses_and_runs_two_steps(tmp_path, name):
-    overrides = SEED_COMMANDS[name].split()
+@pytest.mark.parametrize("command", SEED_COMMANDS + MORE_COMMANDS)
+def test_seed_command_parses_and_runs_two_steps(tmp_path, command):
+    """Each seed command's documented equivalent (and a few more switches) runs two steps on phantoms."""
+    working = _documented_equivalents().get(command, command)
+    program, overrides = working.split()[:2], working.split()[2:]
+    assert program == ["python", "train_video_clip.py"]
     train_video_clip.main(["--out", str(tmp_path), *overrides, *SMALL, "train.stop_after_steps=2",
                            "train.log_interval=1"])
     cfg = training.load_config(tmp_path / "config.yaml")
@@ -59,7 +88,7 @@ def test_seed_command_parses_and_runs_two_steps(tmp_path, name):
         assert str(cfg[section][field]).lower() == value.lower() or float(cfg[section][field]) == float(value)
     steps = [r for r in _log(tmp_path) if "ce" in r]
     assert [r["step"] for r in steps] == [1, 2] and all(math.isfinite(r["loss"]) for r in steps)
-    assert ("token" in steps[0]) == (name == "B4")
+    assert ("token" in steps[0]) == ("model.lambda_token=0.1" in overrides)
     assert (tmp_path / "last.pt").is_file()
 
 
