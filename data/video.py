@@ -106,14 +106,16 @@ def _open_video(path):
 
 def _decode_video(path, keep=None):
     """Video file -> uint8 numpy (n, H, W, 3) RGB of the frames whose index is in `keep` (all if None), in order;
-    frames are decoded one after another and only the kept ones are stored."""
+    frames are decoded one after another up to the last kept one, and only the kept ones are stored."""
     import av
-    frames = []
+    frames, last = [], None if keep is None else max(keep)
     with _open_video(path) as container:
         try:
             for i, frame in enumerate(container.decode(video=0)):
                 if keep is None or i in keep:
                     frames.append(frame.to_ndarray(format="rgb24"))            # (H, W, 3)
+                if last is not None and i >= last:
+                    break
         except (av.error.FFmpegError, ValueError) as error:
             raise DataError(f"cannot decode video {path} after {len(frames)} frames: {error}") from None
     if not frames:
