@@ -108,7 +108,7 @@ def _finding_word(observation, phrase):
         return "mass" if "mass" in phrase else "nodule" if "nodul" in phrase else "lung lesion"
     if observation == "Pleural Other":
         return phrase.strip()
-    return {"Lung Opacity": "opacity", "Pneumonia": "pneumonia"}.get(observation, observation.lower())
+    return "opacity" if observation == "Lung Opacity" else observation.lower()
 
 
 def _nearest(regexes, text, start, end):
@@ -158,8 +158,8 @@ def report_statements(report):
     candidates = []
     mentions = classified_mentions(report)
     for sentence, mention, value in mentions:
-        if value not in (POSITIVE, UNCERTAIN) or mention.observation not in P.MENTIONS \
-                or mention.observation == "Support Devices" or (value == UNCERTAIN and mention.phrase in P.ANATOMY_PHRASES):
+        if (value not in (POSITIVE, UNCERTAIN) or mention.observation in ("Support Devices", P.NO_FINDING_KEY)
+                or (value == UNCERTAIN and mention.phrase in P.ANATOMY_PHRASES)):
             continue
         if mention.observation == "Lung Opacity" and any(
                 s == sentence and m.observation in P.OPACITY_CHILDREN and v in (POSITIVE, UNCERTAIN)
