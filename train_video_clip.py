@@ -15,7 +15,7 @@ Commands (run from the repository root):
     # other backbones (map_gate path when map-guided): model.clip_backbone=2dcnn | cnn_lstm, with
     # model.map_guided_type=channel (the seed's global-average summary) or grid (4 x 4 grid summary)
     # the whole ablation table (B0-B4, C1-C3 with D1/D2 metrics), 3 seeds each, mean +- std, markdown
-    # (--rows C1 C1b: only those rows):
+    # (--rows C1,C1b: only those rows):
     python train_video_clip.py --table /tmp/video_clip_table.md --out /tmp/video_clip_table
     python train_video_clip.py --table /tmp/video_clip_table_q0.md --out /tmp/video_clip_table_q0 data.gaze_informativeness=0.0
     # resume an interrupted run exactly
@@ -277,7 +277,7 @@ def run_table(args):
              f"{cfg.train.steps} steps, {cfg.data.num_train} training clips, {cfg.model.model_class_num} classes.",
              f"Command: `python train_video_clip.py --table {args.table} --out {out}"
              f"{' --seeds ' + ' '.join(map(str, args.seeds)) if list(args.seeds) != [0, 1, 2] else ''}"
-             f"{' --rows ' + ' '.join(args.rows) if args.rows else ''}"
+             f"{' --rows ' + ','.join(args.rows) if args.rows else ''}"
              f"{' ' + ' '.join(args.overrides) if args.overrides else ''}`",
              (f"Wall time per run {np.mean(seconds):.0f} s (mean of {len(seconds)} new runs); load average "
               f"{os.getloadavg()[0]:.1f} at the end." if seconds else "All runs reused from earlier."),
@@ -299,8 +299,8 @@ def main(argv=None):
                         help="run the seed-003 ablation table (B0-B4, C1-C3) over --seeds into --out/<row>-s<seed> "
                              "and write mean +- std as markdown to TABLE.md")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --table")
-    parser.add_argument("--rows", nargs="+", default=None, metavar="ID",
-                        help="only these rows of --table (e.g. C1 C1b); default: all")
+    parser.add_argument("--rows", type=lambda text: text.split(","), default=None, metavar="ID,ID",
+                        help="only these rows of --table, comma-separated (e.g. C1,C1b); default: all")
     args = parser.parse_args(argv)
     cfg = training.load_config(args.config, args.overrides)
     if cfg.get("system") != SYSTEM:

@@ -173,3 +173,23 @@ def test_full_method_learns_beyond_chance_on_informative_phantoms(tmp_path):
                                      "data.num_val=64", "data.num_test=128", "eval.visualize=0",
                                      "train.eval_interval=150"])
     assert metrics["test/accuracy"] > 0.6
+
+
+def test_table_rows_runs_only_the_named_rows(tmp_path, monkeypatch):
+    """--table --rows C1,C1b trains those rows only (training stubbed out: it records the switches it got)."""
+    got = {}
+
+    def fake_train(cfg, run_dir, resume=None):
+        got[run_dir.name] = cfg.model.map_guided_type
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"test/accuracy": 0.5}))
+
+    monkeypatch.setattr(train_video_clip, "train", fake_train)
+    table = tmp_path / "table.md"
+    train_video_clip.main(["--table", str(table), "--out", str(tmp_path / "runs"), "--rows", "C1,C1b",
+                           "data.gaze_informativeness=0.0", "--seeds", "0"])
+    assert got == {"C1-s0": "channel", "C1b-s0": "channel_attended"}
+    text = table.read_text()
+    assert "| C1 |" in text and "| C1b |" in text and "| B3 |" not in text and "--rows C1,C1b" in text
+    with pytest.raises(training.ConfigError, match="unknown row"):
+        train_video_clip.main(["--table", str(table), "--out", str(tmp_path / "runs"), "--rows", "C9"])
