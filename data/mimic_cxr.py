@@ -11,6 +11,9 @@ Master JSONL (seed 004, `mimic_master_official_split.jsonl`): one JSON object pe
     {"image_path": str (relative to image_root, or absolute), "report": str (findings + impression narrative),
      "labels": {the 14 CHEXPERT_LABELS names: 0 | 1} (positive-only: 1 = CheXpert positive),
      "split": "train" | "validate" | "test", "subject_id": str, "study_id": str, "dicom_id": str}
+The reader also takes the seed authors' form of `labels`: a list of 14 values 0/1 in CheXpert order
+(CHEXPERT_LABELS: No Finding, Enlarged Cardiomediastinum, Cardiomegaly, ..., Support Devices). Which form a
+file uses is read from its first line; every line must then use the same form.
 Its builder keeps frontal PA/AP images, the official split, and drops reports under 30 characters; the
 reader re-applies that length rule (`min_report_chars`), counting what it drops.
 
@@ -132,12 +135,15 @@ class MimicMasterDataset(RecordDataset):
         if not path.exists():
             raise DataError(f"{DATASET}: master JSONL not found: {path}")
         policy = make_policy(on_error, DATASET)
-        records, short, line_of_dicom = [], 0, {}
+        records, short, line_of_dicom, self.schema = [], 0, {}, None
         for line_number, line in read_lines(path, policy):  # a line that is not UTF-8 goes to the policy
             if not line.strip():
                 continue
             try:
-                record = self._parse(json.loads(line), f"{path} line {line_number}", image_root)
+                entry = json.loads(line)
+                if self.schema is None and isinstance(entry, dict):   # the first line decides the labels' form
+                    self.schema = "list" if isinstance(entry.get("labels"), list) else "dict"
+                record = self._parse(entry, f"{path} line {line_number}", image_root, self.schema)
             except ValueError as error:  # DataError is a ValueError, and so is a JSON decoding error
                 policy(str(error) if isinstance(error, DataError)
                        else f"{path} line {line_number}: not valid JSON ({error})")
@@ -157,14 +163,20 @@ class MimicMasterDataset(RecordDataset):
                 continue
             records.append(record)
         super().__init__(records, transform, policy, DATASET, check_images)
-        print(self.summary() + f" (master JSONL {split}; {short} reports under {min_report_chars} chars left out)")
+        print(self.summary() + f" (master JSONL {split}, labels as a {self.schema}; {short} reports under "
+              f"{min_report_chars} chars left out)")
 
     @staticmethod
-    def _parse(entry, where, image_root):
+    def _parse(entry, where, image_root, schema="dict"):
         if not isinstance(entry, dict) or any(k not in entry for k in MASTER_KEYS):
             found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
             raise DataError(f"{where}: expected the keys {', '.join(MASTER_KEYS)}; found {found}")
         labels = entry["labels"]
+        if schema == "list":                          # the seed authors' form: 14 values in CheXpert order
+            if not isinstance(labels, list) or len(labels) != len(CHEXPERT_LABELS):
+                raise DataError(f"{where}: 'labels' must be a list of {len(CHEXPERT_LABELS)} values in CheXpert "
+                                f"order, as on the file's first line; got {labels!r}")
+            labels = dict(zip(CHEXPERT_LABELS, labels))
         unknown = sorted(set(labels) - set(CHEXPERT_LABELS)) if isinstance(labels, dict) else None
         if unknown is None or unknown or set(labels) != set(CHEXPERT_LABELS):
             raise DataError(f"{where}: 'labels' must map the 14 CheXpert names to 0/1; unknown names {unknown}, "

@@ -89,3 +89,46 @@ def test_builder_positive_only_labels_split_table_and_integrity(tmp_path, capsys
     missing.unlink()                                                        # integrity: a frontal image is gone
     with pytest.raises(DataError, match=rows[-1]["dicom_id"]):
         build_master_jsonl(tmp_path)
+
+
+def test_builder_keeps_one_frontal_image_per_study_unless_per_image(tmp_path, capsys):
+    samples = [phantom_split("train", 6, 64)[i] for i in range(6)]
+    written = write_mimic_cxr(tmp_path, samples, studies_per_subject=2)     # studies 0 and 3 also have a lateral
+    path = tmp_path / "mimic-cxr-2.0.0-metadata.csv.gz"
+    with gzip.open(path, "rt", newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    view = header.index("ViewPosition")
+    for row in rows:                                # study 0 (PA): its second image becomes AP;
+        if row[0].endswith("-lateral"):             # study 3 (AP): its second image becomes PA
+            row[view] = "AP" if row[0].startswith(written["dicom_ids"][0]) else "PA"
+    with gzip.open(path, "wt", newline="") as handle:
+        csv.writer(handle).writerows([header] + rows)
+    per_study = build_master_jsonl(tmp_path)
+    rows_study = [json.loads(line) for line in per_study["path"].read_text().splitlines()]
+    assert len(rows_study) == 6 and len({r["study_id"] for r in rows_study}) == 6
+    chosen = {r["study_id"]: r["dicom_id"] for r in rows_study}
+    assert chosen["50000000"] == written["dicom_ids"][0]                    # PA before AP
+    assert chosen["50000003"] == written["dicom_ids"][3] + "-lateral"      # the PA one, although listed second
+    assert "rows per split (one frontal image per study" in capsys.readouterr().out
+    per_image = build_master_jsonl(tmp_path, tmp_path / "per_image.jsonl", per_study=False)
+    assert len(per_image["path"].read_text().splitlines()) == 8 and sum(per_image["rows"].values()) == 8
+    assert "rows per split (every frontal image): train" in capsys.readouterr().out
+
+
+def test_reader_takes_the_seed_authors_label_list(tmp_path):
+    from data.mimic_cxr import write_master_jsonl
+    samples = [phantom_split("train", 3, 64)[i] for i in range(3)]
+    path = write_master_jsonl(tmp_path, samples)["path"]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    as_dicts = MimicMasterDataset(path, tmp_path, split="all")
+    for row in rows:                                # 14 values in CheXpert order
+        row["labels"] = [row["labels"][n] for n in CHEXPERT_LABELS]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    as_lists = MimicMasterDataset(path, tmp_path, split="all")
+    assert as_lists.schema == "list" and as_dicts.schema == "dict" and len(as_lists) == 3
+    for i in range(3):
+        assert np.array_equal(as_lists[i]["labels"], as_dicts[i]["labels"])
+    rows[1]["labels"] = rows[1]["labels"][:13]      # a later line in another form: an error naming it
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(DataError, match="line 2: 'labels' must be a list of 14"):
+        MimicMasterDataset(path, tmp_path, split="all")
