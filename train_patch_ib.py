@@ -277,11 +277,14 @@ def run_table(args):
     runs = [m for v in args.variants for m in results[v]]
     uniform = [m["test/mask/energy_in_boxes_uniform"] for m in runs if "test/mask/energy_in_boxes_uniform" in m]
     keys = [f"test/{key}" for key, _ in TABLE_COLUMNS]
+    data = (f"the phantoms ({cfg.data.num_test} image-report pairs" if cfg.data.source == "phantom" else
+            f"{cfg.data.master_jsonl} ({runs[0]['test/retrieval/groups']:.0f} report groups")
+    training_pairs = f"{cfg.data.num_train} training pairs" if cfg.data.source == "phantom" else "training split"
     lines = [
-        f"Test split of the phantoms ({cfg.data.num_test} image-report pairs, chance t2i R@1 "
+        f"Test split of {data}, chance t2i R@1 "
         f"{runs[0]['test/t2i/chance_R@1']:.4f}), best.pt of each run measured with evaluate.py; mean ± sample "
-        f"std over seeds {', '.join(map(str, args.seeds))}. Steps {steps}, {cfg.data.num_train} training "
-        f"pairs at {cfg.data.image_size} px, batch {cfg.train.batch_size}."
+        f"std over seeds {', '.join(map(str, args.seeds))}. Steps {steps}, {training_pairs} "
+        f"at {cfg.data.image_size} px, batch {cfg.train.batch_size}, model.mask_apply={cfg.model.mask_apply}."
         + (f" A constant mask's energy in boxes (mean box-area share) is {uniform[0]:.3f}." if uniform else ""),
         f"Command: `python train_patch_ib.py --table {args.table} --out {out}"
         f"{' --seeds ' + ','.join(map(str, args.seeds)) if list(args.seeds) != [0, 1, 2] else ''}"

@@ -7,9 +7,8 @@ Keys (flat floats, prefix "<split>/"):
   t2i/chance_R@1 and retrieval/groups; for the variants with a mask (C-E) also masked/t2i/R@K and
   masked/i2t/R@K: the same protocol with the MASKED image embedding (what the bottleneck lets through).
 - zeroshot/auroc/<label> for the 14 CheXpert labels, zeroshot/auroc/mean (over labels with both classes in
-  the split) and zeroshot/labels_scored; zeroshot/pair_cosine/mean = mean cosine between a label's positive
-  and negative prompt embeddings (near 1: the text tower barely tells "x" from "no x", and the pair's
-  softmax then rests on a tiny difference vector).
+  the split) and zeroshot/labels_scored; zeroshot/prompt_cosine/mean = mean cosine between the prompt
+  embeddings of two different labels (near 1: the text tower barely tells the 14 prompts apart).
 - C-E: mask/sparsity = mean z over patches and images (1 = keep everything; the L_sparse value);
   mask/fraction_above_0.5; on phantoms mask/energy_in_boxes = share of the mask z (nearest-upsampled to
   the image) inside the finding boxes (metrics.localization.energy_in_boxes, images with a box),
@@ -22,12 +21,16 @@ Keys (flat floats, prefix "<split>/"):
 Duplicate rule (printed with the numbers): one image and one report per sample; reports with the SAME text
 (whitespace- and case-normalized) form one group, and a retrieved candidate counts as correct when it is in
 the query's group (research §5 convention 1 + deduplicated texts). Ties count against the query.
-Zero-shot (CheXzero / CXR-CLIP binary protocol): per label a (positive, negative) prompt pair, softmax of
-the scaled cosines over the pair, AUROC of the positive probability; "No Finding" uses a hand-written pair
-(NO_FINDING_PROMPTS). Prompts are the label name lowercased and "no <name>" (CheXzero's template).
+Zero-shot (seed 004 "Classification Performance"): one prompt per label as the seed writes it,
+"A chest x-ray showing <label>" with the label name lowercased (PROMPT; "No Finding" gives "A chest x-ray
+showing no finding"); the score of an image for a label is the cosine of the two embeddings, and AUROC is
+computed per label over the split's images. Labels are positive-only (the seed's rule): an image counts as
+positive for a label iff its CheXpert value is 1; uncertain (-1), negative (0) and blank count as negative.
+User images get the same cosines and, per label, sigmoid(logit_scale x cosine - mean over the 14 labels)
+as a relative score (not a calibrated probability).
 PNGs (--visualize N, first N samples): mask_<i>.png (z over the image, truth boxes drawn green) and
 word_attention_<i>.png (the local head's attention of up to 10 report words over the patches, one scale).
-User images (--images): per image the zero-shot probabilities of the 14 labels, mean z, and the 3 closest
+User images (--images): per image the zero-shot scores of the 14 labels, mean z, and the 3 closest
 reports of the configured split (predictions.json), mask and word-attention PNGs (words of the closest
 report); returned metrics: images/count, images/mask_sparsity. --bootstrap is not used (printed).
 Shape letters: N samples, E embed, P patches, C labels, Q shown words.
@@ -42,15 +45,16 @@ import torch
 from data.labels import CHEXPERT_LABELS
 from data.loader import epoch_loader
 
-NO_FINDING_PROMPTS = ("no acute cardiopulmonary abnormality", "acute cardiopulmonary abnormality")
+PROMPT = "A chest x-ray showing {}"      # seed 004: "A chest x-ray showing [PATHOLOGY]"
+LABEL_RULE = "positive iff the CheXpert value is 1; uncertain (-1), negative and blank count as negative"
 DUPLICATE_RULE = ("identical report texts (case/whitespace normalized) form one group; a hit = any candidate "
                   "of the query's group; ties count against the query")
 SKIP_WORDS = {"findings", "impression", "the", "a", "an", "is", "are", "and", "of", "in", "at", "on", "to", "with",
               "there", "seen", "as"}       # not shown in the word-attention PNG
 
 
-def prompt_pairs(labels=CHEXPERT_LABELS):
-    return [NO_FINDING_PROMPTS if n == "No Finding" else (n.lower(), f"no {n.lower()}") for n in labels]
+def prompts(labels=CHEXPERT_LABELS):
+    return [PROMPT.format(n.lower()) for n in labels]
 
 
 def report_groups(reports):
@@ -88,19 +92,16 @@ def embed_dataset(model, dataset, batch_size, device, ctx=contextlib.nullcontext
 
 @torch.no_grad()
 def prompt_embeddings(model, device):
-    """-> (C, 2, E) unit embeddings of the (positive, negative) prompt pairs"""
-    texts = [t for pair in prompt_pairs() for t in pair]
-    ids, attention_mask, _ = model.tokenize(texts)
-    _, prompt_embed = model.encode_text(ids.to(device), attention_mask.to(device))      # (2C, E)
-    return prompt_embed.float().cpu().view(-1, 2, prompt_embed.shape[-1])              # (C, 2, E)
+    """-> (C, E) unit embeddings of the seed's prompts, one per label"""
+    ids, attention_mask, _ = model.tokenize(prompts())
+    _, prompt_embed = model.encode_text(ids.to(device), attention_mask.to(device))      # (C, E)
+    return prompt_embed.float().cpu()                                                  # (C, E)
 
 
 @torch.no_grad()
 def zero_shot_scores(model, image_embed, device):
-    """image_embed (N, E) -> positive probabilities (N, C)"""
-    prompts = prompt_embeddings(model, device)                                         # (C, 2, E)
-    logits = model.logit_scale.exp().float().cpu() * torch.einsum("ne,cke->nck", image_embed, prompts)  # (N, C, 2)
-    return torch.softmax(logits, dim=-1)[..., 0]                                       # (N, C)
+    """image_embed (N, E) -> cosine with each label's prompt (N, C): the zero-shot score"""
+    return image_embed.float() @ prompt_embeddings(model, device).T                    # (N, C)
 
 
 def mask_maps(model, z, size):
@@ -159,8 +160,11 @@ def evaluate(model, dataset, cfg, device, ctx, prefix, visualize=0, out_dir=None
     metrics[prefix + "zeroshot/auroc/mean"] = float(np.nanmean(per_label)) if np.isfinite(per_label).any() \
         else float("nan")
     metrics[prefix + "zeroshot/labels_scored"] = float(np.isfinite(per_label).sum())
-    prompts = prompt_embeddings(model, device)                                         # (C, 2, E)
-    metrics[prefix + "zeroshot/pair_cosine/mean"] = float((prompts[:, 0] * prompts[:, 1]).sum(-1).mean())
+    print(f"zero-shot: prompts '{PROMPT.format('<label>')}', score = cosine; labels {LABEL_RULE}")
+    embedded = prompt_embeddings(model, device)                                        # (C, E)
+    cosine = embedded @ embedded.T                                                     # (C, C)
+    off_diagonal = ~torch.eye(len(cosine), dtype=torch.bool)
+    metrics[prefix + "zeroshot/prompt_cosine/mean"] = float(cosine[off_diagonal].mean())
     if e["z"] is not None:
         metrics[prefix + "mask/sparsity"] = float(e["z"].mean())
         metrics[prefix + "mask/fraction_above_0.5"] = float((e["z"] > 0.5).float().mean())
@@ -252,9 +256,12 @@ def predict_user_images(model, cfg, images, reference, out_dir, device, ctx=cont
     for file, pixels in pairs:
         image, _, _ = transform(pixels, None, None)                                    # (3, H, W)
         v, image_embed = model.encode_image(image[None].to(device))                    # (1, P, Dv), (1, E)
-        probs = zero_shot_scores(model, image_embed.float().cpu(), device)[0]
+        cosine = zero_shot_scores(model, image_embed.float().cpu(), device)[0]          # (C,)
+        logits = model.logit_scale.exp().float().cpu() * cosine
+        relative = torch.sigmoid(logits - logits.mean())                              # (C,) not calibrated
         closest = (image_embed.float().cpu() @ e["text"].T)[0].topk(min(3, len(e["text"])))
-        entry = {"zeroshot": dict(zip(CHEXPERT_LABELS, probs.tolist())),
+        entry = {"zeroshot_cosine": dict(zip(CHEXPERT_LABELS, cosine.tolist())),
+                 "zeroshot_relative": dict(zip(CHEXPERT_LABELS, relative.tolist())),
                  "closest_reports": [{"report": e["reports"][i], "cosine": float(s)}
                                      for s, i in zip(closest.values.tolist(), closest.indices.tolist())]}
         if model.switches["patch_ib"]:
@@ -264,7 +271,7 @@ def predict_user_images(model, cfg, images, reference, out_dir, device, ctx=cont
         save_figures(model, image, entry["closest_reports"][0]["report"], None, out_dir, file.stem, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "predictions.json").write_text(json.dumps(results, indent=1))
-    print(f"{len(pairs)} images: zero-shot probabilities, closest reports of the reference split and mask means "
+    print(f"{len(pairs)} images: zero-shot scores, closest reports of the reference split and mask means "
           f"in {out_dir / 'predictions.json'}; PNGs beside it")
     metrics = {"images/count": float(len(pairs)), "images/skipped": float(len(skipped))}
     if masks:
