@@ -17,7 +17,8 @@ What is written under --out: the raw layout, mirrored (the same relative paths):
   and DICOM becomes PNG (`<id>.dicom` -> `<id>.png`: VinDr is then read with its default image_format png).
   X-rays are written grey; video frames keep their colour.
 - the metadata files the adapters read, copied: `.csv`, `.csv.gz`, `.txt` (split lists, MIMIC reports),
-  `.json`, `.jsonl`, and for video folders the attention maps and `.npy` arrays as they are.
+  `.json`, `.jsonl`, and for video folders the attention maps, `.npy` arrays and video files (`.mp4`, ...) as they
+  are (a video file is not resized: convert it to a frame folder first to have its frames prepared).
 - prepared_index.csv: path, source, original_width, original_height, width, height of every prepared image
   (relative paths), so anything drawn on a prepared image maps back exactly: x_original = x * original_width
   / width.
@@ -67,6 +68,7 @@ EXPECTED = {
 IMAGE_FOLDERS = {"iu_xray": ("images",), "mimic_cxr": ("files",), "nih": ("images",), "vindr": ("train", "test"),
                  "video": ("videos",)}
 COPIED_FOLDERS = {"video": ("attention", "videos")}  # also copied there: maps and .npy arrays, as they are
+VIDEO_FILE_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")   # video files (data/video.py decodes them): copied as they are
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dicom", ".dcm", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dicom", ".dcm")
 METADATA_ENDINGS = (".csv", ".csv.gz", ".txt", ".json", ".jsonl")
@@ -194,7 +196,7 @@ def plan(dataset, root, out):
                 target = relative.with_suffix(".png") if suffix in DICOM_SUFFIXES else relative
                 images.append((relative, target))
             elif name.lower().endswith(METADATA_ENDINGS) or (
-                    top in copied_folders and (suffix == ".npy" or suffix in IMAGE_SUFFIXES)):
+                    top in copied_folders and (suffix in (".npy",) + VIDEO_FILE_SUFFIXES or suffix in IMAGE_SUFFIXES)):
                 copies.append(relative)
     return images, copies
 

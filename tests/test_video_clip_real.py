@@ -119,3 +119,15 @@ def test_gaze_to_attention_on_synthetic_gaze(tmp_path):
                "--out", str(tmp_path / "attention" / "clip.npy")])
     written = np.load(tmp_path / "attention" / "clip.npy")
     assert written.shape == (T, H, W) and written[1, 12, 10] == pytest.approx(1.0) and written[2:].max() == 0
+
+
+def test_prepare_copies_mp4_videos_and_the_prepared_folder_reads_the_same(tmp_path):
+    from data.prepare import prepare
+    raw, out = tmp_path / "raw", tmp_path / "prepared"
+    raw.mkdir()
+    _folder(raw, lambda d, frames: _write_mp4(d / "v0.mp4", frames))
+    prepare("video", raw, out, size=16, workers=1, progress=False)
+    assert (out / "videos" / "v0.mp4").read_bytes() == (raw / "videos" / "v0.mp4").read_bytes()
+    a = VideoFolderDataset(raw, "test", ["a", "b"], num_frames=3, image_size=16)[0]
+    b = VideoFolderDataset(out, "test", ["a", "b"], num_frames=3, image_size=16)[0]
+    assert torch.equal(a["video"], b["video"]) and torch.equal(a["attn_map"], b["attn_map"])
