@@ -153,7 +153,8 @@ def report_statements(report):
     uncertain ("stable cardiomediastinal silhouette") give none. An opacity word in a sentence
     that names a more specific finding (OPACITY_CHILDREN) gives none. Laterality and zone come from the mention's
     clause (_locate). Repeats (findings and impression) merge: a statement whose laterality and zone are
-    each equal to another's or empty is dropped in favour of that one, and positive wins over uncertain."""
+    each equal to another's (zones by ZONE_REGION) or empty is dropped in favour of that one (the earlier one
+    when both say the same), and positive wins over uncertain."""
     from data.labeler import POSITIVE, UNCERTAIN, classified_mentions
     candidates = []
     mentions = classified_mentions(report)
