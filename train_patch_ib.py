@@ -313,8 +313,8 @@ def main(argv=None):
                              "--out/<variant>-s<seed>, measure each best.pt with evaluate.py, write mean +- std")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of --table, comma-separated")
     parser.add_argument("--variants", default="A,B,C,D,E", help="rows of --table, comma-separated")
-    parser.add_argument("--probe", default=None, metavar="CHECKPOINT", help="the oracle pooling probe of a "
-                        "checkpoint on phantoms (evals/patch_ib_probe.py): box patches vs the other patches")
+    parser.add_argument("--probe", default=None, metavar="CHECKPOINT", help="the pooling and knock-out probes of "
+                        "a checkpoint on phantoms (evals/patch_ib_probe.py): box patches vs the other patches")
     parser.add_argument("--probe-split", default="test", choices=("val", "test"))
     args = parser.parse_args(argv)
     if args.probe:

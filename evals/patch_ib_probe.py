@@ -11,9 +11,10 @@ bottleneck trained by them has no reason to localize the findings.
 Second table, knock-out through the encoder (the noise bottleneck's eval form, models/patch_ib.py): the patch
 embeddings of the box patches are replaced by the mean patch embedding of the probe's images (before the
 position embeddings and every block; eps = that mean), the tower re-runs and its pooled output is projected;
-beside it the same number of patches drawn at random (seed 0) from outside the boxes of each image, and no
-patch. Images: those with at least as many patch centres outside the boxes as inside. If knocking out the
-box patches lowers t2i R@1 / R@5 more than knocking out as many other patches, the findings carry more of
+beside it the same number of patches drawn at random from outside the boxes of each image (mean over 5
+draws, seeds 0-4), and no patch. Images: those with at least as many patch centres outside the boxes as
+inside. If knocking out the box patches lowers t2i R@1 / R@5 more than knocking out as many other patches,
+the findings carry more of
 the retrieval signal per patch than the rest. Prints both tables; returns the dict.
 Shape letters: N images with boxes, P patches, Dv tower width, E embed.
 """
@@ -48,26 +49,26 @@ def probe(model, dataset, name="checkpoint", split="test"):
     groups = report_groups([s["report"] for s in samples])
     results = {"images": float(len(samples)), "box_patch_share": float(inside.mean())}
     usable = (inside.sum(1) > 0) & (inside.sum(1) < inside.shape[1])                    # (N,) both kinds of patch
-    for name, weights in (("all", torch.ones_like(inside)), ("inside_boxes", inside), ("outside_boxes", 1 - inside)):
+    for pooling, weights in (("all", torch.ones_like(inside)), ("inside_boxes", inside), ("outside_boxes", 1 - inside)):
         pooled = (weights.unsqueeze(-1) * v).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)   # (N, Dv)
         image = F.normalize(model.image_proj(pooled), dim=-1)                          # (N, E)
         similarity = (image @ text.T)[usable][:, usable]
         r = retrieval_metrics(similarity, groups[usable.numpy()], groups[usable.numpy()], ks=(1, 5))
-        results.update({f"{name}/t2i/R@1": r["t2i/R@1"], f"{name}/t2i/R@5": r["t2i/R@5"],
-                        f"{name}/images": float(usable.sum())})
+        results.update({f"{pooling}/t2i/R@1": r["t2i/R@1"], f"{pooling}/t2i/R@5": r["t2i/R@5"],
+                        f"{pooling}/images": float(usable.sum())})
     print(f"{name} ({split}: {int(usable.sum())} phantoms with patch centres both inside and outside "
           f"the finding boxes, of {len(samples)} with boxes; box patches {float(inside[usable].mean()):.3f} of the "
           f"grid; chance R@1 about {1 / int(usable.sum()):.4f})")
     print("| pooling | images | t2i R@1 | t2i R@5 |\n| --- | --- | --- | --- |")
-    for name in ("all", "inside_boxes", "outside_boxes"):
-        print(f"| {name} | {results[name + '/images']:.0f} | {results[name + '/t2i/R@1']:.3f} | "
-              f"{results[name + '/t2i/R@5']:.3f} |")
+    for pooling in ("all", "inside_boxes", "outside_boxes"):
+        print(f"| {pooling} | {results[pooling + '/images']:.0f} | {results[pooling + '/t2i/R@1']:.3f} | "
+              f"{results[pooling + '/t2i/R@5']:.3f} |")
     results.update(knock_out(model, samples, inside, text, groups, torch.cat(patch_embeds).mean((0, 1))))
     print("| knocked out (patch content -> mean patch embedding, tower re-run) | images | t2i R@1 | t2i R@5 |\n"
           "| --- | --- | --- | --- |")
-    for name in ("none", "box_patches", "other_patches"):
-        print(f"| {name} | {results['knockout/images']:.0f} | {results[f'knockout/{name}/t2i/R@1']:.3f} | "
-              f"{results[f'knockout/{name}/t2i/R@5']:.3f} |")
+    for knocked in ("none", "box_patches", "other_patches"):
+        print(f"| {knocked} | {results['knockout/images']:.0f} | {results[f'knockout/{knocked}/t2i/R@1']:.3f} | "
+              f"{results[f'knockout/{knocked}/t2i/R@5']:.3f} |")
     return results
 
 
@@ -75,20 +76,27 @@ def probe(model, dataset, name="checkpoint", split="test"):
 def knock_out(model, samples, inside, text, groups, fill):
     """inside (N, P) box-patch indicator, text (N, E), fill (Dv,) -> t2i R@1/5 with no patch, the box patches,
     or as many random other patches replaced by fill before the encoder blocks (images with enough others)"""
-    generator = torch.Generator().manual_seed(0)
     usable = (inside.sum(1) > 0) & ((1 - inside).sum(1) >= inside.sum(1))           # (N,)
-    others = torch.zeros_like(inside)
-    for i in usable.nonzero()[:, 0].tolist():
-        outside = (inside[i] == 0).nonzero()[:, 0]
-        others[i, outside[torch.randperm(len(outside), generator=generator)[:int(inside[i].sum())]]] = 1
     index = usable.nonzero()[:, 0].tolist()
     images = torch.stack([samples[i]["image"] for i in index])                       # (n, 3, H, W)
-    results = {"knockout/images": float(len(index))}
-    for name, dropped in (("none", torch.zeros_like(inside)), ("box_patches", inside), ("other_patches", others)):
+
+    def scores(dropped):
         keep = (1 - dropped[index]).unsqueeze(-1)                                    # (n, P, 1)
         pooled = torch.cat([model.image_tower(images[j:j + 32], bottleneck=lambda x, k=keep[j:j + 32]:
                                               k * x + (1 - k) * fill)[1] for j in range(0, len(index), 32)])
         image = F.normalize(model.image_proj(pooled), dim=-1)                        # (n, E)
         r = retrieval_metrics(image @ text[index].T, groups[index], groups[index], ks=(1, 5))
-        results.update({f"knockout/{name}/t2i/R@1": r["t2i/R@1"], f"knockout/{name}/t2i/R@5": r["t2i/R@5"]})
+        return np.array([r["t2i/R@1"], r["t2i/R@5"]])
+
+    draws = []
+    for seed in range(5):                                                            # random others, 5 draws
+        generator, others = torch.Generator().manual_seed(seed), torch.zeros_like(inside)
+        for i in index:
+            outside = (inside[i] == 0).nonzero()[:, 0]
+            others[i, outside[torch.randperm(len(outside), generator=generator)[:int(inside[i].sum())]]] = 1
+        draws.append(scores(others))
+    results = {"knockout/images": float(len(index))}
+    for knocked, (r1, r5) in (("none", scores(torch.zeros_like(inside))), ("box_patches", scores(inside)),
+                              ("other_patches", np.mean(draws, axis=0))):
+        results.update({f"knockout/{knocked}/t2i/R@1": float(r1), f"knockout/{knocked}/t2i/R@5": float(r5)})
     return results

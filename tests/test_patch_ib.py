@@ -207,7 +207,8 @@ def test_zero_shot_uses_the_seed_prompt_and_the_cosine(models):
     from evals.patch_ib import prompt_embeddings, prompts, zero_shot_scores
     m = models["B"]
     texts = prompts()
-    assert len(texts) == 14 and texts[CHEXPERT_LABELS.index("Pleural Effusion")] == "A chest x-ray showing pleural effusion"
+    assert len(texts) == 14
+    assert texts[CHEXPERT_LABELS.index("Pleural Effusion")] == "A chest x-ray showing pleural effusion"
     embedded = prompt_embeddings(m, "cpu")                                           # (14, E)
     ids, am, _ = m.tokenize(["A chest x-ray showing cardiomegaly"])
     assert torch.allclose(embedded[CHEXPERT_LABELS.index("Cardiomegaly")], m.encode_text(ids, am)[1][0], atol=1e-6)

@@ -1,7 +1,7 @@
 """Patch-IB-CXR paper towers (seed 004): BiomedCLIP's trained heads kept, the paper-size model on phantoms.
 
 Run: python -m pytest -q tests/test_patch_ib_towers.py            (CPU, ~10 s; needs open_clip_torch, dev dependency)
-     python -m pytest -q -m slow tests/test_patch_ib_towers.py    (paper-size towers, random weights, ~2 min)
+     python -m pytest -q -m slow tests/test_patch_ib_towers.py    (paper-size towers, random weights: ~5 min of CPU)
 The open_clip model is a small CustomTextCLIP built from a config dict in BiomedCLIP's layout (timm ViT with a
 linear head on the CLS token, a BERT text tower with an MLP head on CLS), saved as the hub repo's two files
 and loaded offline: nothing is downloaded.
@@ -29,7 +29,8 @@ def save_small_open_clip(folder):
                  "text_cfg": {"hf_model_name": bert, "hf_tokenizer_name": bert, "hf_proj_type": "mlp",
                               "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 64}}
     torch.manual_seed(0)
-    model = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": {**model_cfg["text_cfg"], "hf_model_pretrained": False}})
+    text_cfg = {**model_cfg["text_cfg"], "hf_model_pretrained": False}              # no download: random BERT
+    model = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": text_cfg})
     with torch.no_grad():
         model.logit_scale.fill_(3.1)                    # not the fresh init log(1/0.07): copying it is tested
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
@@ -77,12 +78,14 @@ def test_paper_size_model_runs_every_variant_on_master_jsonl_phantoms(tmp_path):
             f"model.variant={variant}", "model.pretrained=false", f"data.master_jsonl={jsonl}",
             f"data.image_root={root}", "data.num_workers=0"])
         data = train_patch_ib.build_dataset(cfg, "train")
-        batch = {"image": torch.stack([data[i]["image"] for i in range(2)]), "report": [data[i]["report"] for i in range(2)]}
+        batch = {"image": torch.stack([data[i]["image"] for i in range(2)]),
+                 "report": [data[i]["report"] for i in range(2)]}
         assert batch["image"].shape == (2, 3, 224, 224)
         torch.manual_seed(0)
         model = train_patch_ib.build_model(cfg)
-        assert model.num_patches == 196 and model.image_proj.weight.shape == (512, 768) and model.image_proj.bias is None
-        assert [tuple(layer.weight.shape) for layer in model.text_proj if hasattr(layer, "weight")] == [(640, 768), (512, 640)]
+        assert model.num_patches == 196 and model.image_proj.weight.shape == (512, 768)
+        assert model.image_proj.bias is None                                        # BiomedCLIP's head shapes
+        assert [tuple(m.weight.shape) for m in model.text_proj if hasattr(m, "weight")] == [(640, 768), (512, 640)]
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-4)
         scaler = torch.amp.GradScaler(enabled=False)
