@@ -191,8 +191,8 @@ def test_a_missing_test_image_stops_each_image_script_at_the_start(tmp_path, pha
     runs = [
         (train_chexquery, ["--phase", "1"], ["data.source=iu_xray", f"data.root={tmp_path / 'iu'}", "data.on_error=stop",
                                              "phases.phase1.batch_size=4", "phases.phase1.effective_batch_size=4"]),
-        (train_wsrpn_vl, [], ["data.dataset=nih", f"data.root={tmp_path / 'nih'}", nih_classes, "data.image_size=64",
-                              "train.batch_size=4"]),
+        (train_wsrpn_vl, [], ["data.dataset=nih", "data.caption=labels", f"data.root={tmp_path / 'nih'}", nih_classes,
+                              "data.image_size=64", "train.batch_size=4"]),
         (train_concept_cam, ["--stage", "1"], ["data.dataset=vindr", f"data.root={tmp_path / 'vindr'}"]),
         (train_patch_ib, [], ["data.source=mimic_master", f"data.master_jsonl={master['path']}",
                               f"data.image_root={tmp_path / 'mimic'}", "data.image_size=64"])]
