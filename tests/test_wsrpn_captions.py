@@ -14,6 +14,9 @@ from data.captions import (NO_FINDING_CAPTION, DetectionCaptionDataset, caption_
                            report_statements)
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real_samples"
+if not REAL.exists():                          # a clone outside the workspace: the workspace's copy, else skip
+    REAL = Path("/work/shared/real_samples")
+needs_real = pytest.mark.skipif(not REAL.exists(), reason="shared/real_samples not found")
 
 
 def located(report):
@@ -54,6 +57,7 @@ def test_rendered_caption_negation_and_uncertainty_rule():
     assert caption_from_report_statements("No pleural effusion. Heart size is normal.") == NO_FINDING_CAPTION
 
 
+@needs_real
 def test_statements_on_real_iu_xray_and_chexpert_sample_reports():
     rows = {row["uid"]: row for row in csv.DictReader(open(REAL / "iu_xray" / "indiana_reports.csv"))}
     iu = {uid: located(f"Findings: {row['findings']} | Impression: {row['impression']}") for uid, row in rows.items()}
