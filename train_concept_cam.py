@@ -219,6 +219,15 @@ def validation_metric(predictions, stage):
 # ----------------------------------------------------------------------------------------------------------
 # one stage
 
+def build_optimizer(model, cfg, stage, device):
+    """AdamW over what the stage trains (call after set_trainable); stage 1's backbone at lr * backbone_lr_scale."""
+    stage_cfg = cfg[f"stage{stage}"]
+    return training.build_optimizer(model, stage_cfg.lr, cfg.train.weight_decay,
+                                    no_weight_decay=model.no_weight_decay(),
+                                    lr_scales={"backbone.*": stage_cfg.backbone_lr_scale} if stage == 1 else None,
+                                    fused=training.fused_adamw(cfg.train, device))
+
+
 def stage_loss(model, batch, cfg, stage, pos_weight, grid, device):
     """Forward and the stage's loss (call under autocast). batch: images (stage 1, or 2-3 with augmentation) or
     the backbone's cached features (stages 2-3, train.cache_features). Stage 1: alpha * classification + beta *
@@ -315,10 +324,7 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     freeze_backbone = stage == 1 and stage_cfg.freeze_backbone
     print(f"stage {stage}: trainable = {trainable_patterns(stage, freeze_backbone, task_head)}")
     trainable = training.set_trainable(model, trainable_patterns(stage, freeze_backbone, task_head))
-    lr_scales = {"backbone.*": stage_cfg.backbone_lr_scale} if stage == 1 else None
-    optimizer = training.build_optimizer(model, stage_cfg.lr, cfg.train.weight_decay,
-                                         no_weight_decay=model.no_weight_decay(), lr_scales=lr_scales,
-                                         fused=training.fused_adamw(cfg.train, device))
+    optimizer = build_optimizer(model, cfg, stage, device)
     ddp_model = training.step_module(model, device, cfg.train)   # train.compile; torchrun: DDP of this stage
 
     # resume (same stage: optimizer, scaler, step, RNG)

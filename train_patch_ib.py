@@ -54,6 +54,12 @@ PHASE_TRAINABLE = {
 }                                            # towers frozen: the mask head learns what to keep
 
 
+def phase_patterns(model, phase):
+    """PHASE_TRAINABLE[phase] without the patterns that match no parameter of the model's variant."""
+    names = [n for n, _ in model.named_parameters()]
+    return [p for p in PHASE_TRAINABLE[phase] if any(fnmatch.fnmatchcase(n, p) for n in names)]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # data
 
@@ -138,7 +144,6 @@ def train(cfg, out_dir, resume=None):
 
     # model
     model = build_model(cfg).to(device)
-    names = [n for n, _ in model.named_parameters()]
     phase_ends = []
     phases = [training.Config(name=name, **spec) for name, spec in cfg.phases.items()]
     for phase in phases:
@@ -170,7 +175,7 @@ def train(cfg, out_dir, resume=None):
             best_metric = float("inf")
         resumed_phase = None
         # phase freezing (seed 004 staged training) + optimizer after freezing
-        patterns = [p for p in PHASE_TRAINABLE[phase.name] if any(fnmatch.fnmatchcase(n, p) for n in names)]
+        patterns = phase_patterns(model, phase.name)
         print(f"phase {phase.name}: steps {start}-{phase_ends[index]}, use_local={phase.use_local}, "
               f"use_ib={phase.use_ib}, trainable {patterns}")
         trainable = training.set_trainable(model, patterns)

@@ -140,6 +140,17 @@ def build_text_encoder(cfg):
     return TextEncoder(m.vl_text_model, max_length=m.text_max_length, freeze=True, pretrained=m.pretrained)
 
 
+ROI_BRANCH = ["wsrpn.roi_tokens", "wsrpn.roi_attention.*", "wsrpn.gaussian_predictor.*", "wsrpn.soft_roi_pool.*"]
+
+
+def build_optimizer(model, cfg, device):
+    """AdamW over what trains (call after set_trainable); the ROI branch at lr * train.roi_lr_scale."""
+    t = cfg.train
+    return training.build_optimizer(model, t.lr, t.weight_decay, no_weight_decay=model.no_weight_decay(),
+                                    lr_scales={pattern: t.roi_lr_scale for pattern in ROI_BRANCH},
+                                    fused=training.fused_adamw(t, device))
+
+
 def build_scheduler(cfg):
     s = cfg.loss
     return LossWeightScheduler(s.warmup_epochs, s.gaussian_start_epoch, s.contrastive_weight, s.consistency_weight,
@@ -306,10 +317,7 @@ def main(argv=None):
 
     # --- freezing, optimizer (AdamW; reference: constant lr 1.5e-4, weight decay 1e-6)
     trainable = training.set_trainable(model, trainable_patterns(cfg))
-    roi_branch = ["wsrpn.roi_tokens", "wsrpn.roi_attention.*", "wsrpn.gaussian_predictor.*", "wsrpn.soft_roi_pool.*"]
-    optimizer = training.build_optimizer(model, t.lr, t.weight_decay, no_weight_decay=model.no_weight_decay(),
-                                         lr_scales={pattern: t.roi_lr_scale for pattern in roi_branch},
-                                         fused=training.fused_adamw(t, device))
+    optimizer = build_optimizer(model, cfg, device)
 
     # --- resume
     step, start_epoch, start_batch, best_metric, best_step = 0, 0, 0, float("-inf"), 0

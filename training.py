@@ -553,11 +553,6 @@ def run_on_main(fn, *args, **kwargs):
     return broadcast_object(fn(*args, **kwargs) if is_main() else None)
 
 
-def barrier():
-    if world_size() > 1:
-        torch.distributed.barrier()
-
-
 # ----------------------------------------------------------------------------------------------------
 # freezing and the optimizer
 

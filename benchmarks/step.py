@@ -28,7 +28,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -116,7 +115,7 @@ def bench_wsrpn_vl(script, cfg, phase, device, ctx, scaler):
     weights = script.build_scheduler(cfg).weights(epoch)
     contrastive = ContrastiveVLLoss(cfg.loss.contrastive_temperature)
     trainable = training.set_trainable(model, script.trainable_patterns(cfg), verbose=False)
-    optimizer = _optimizer(model, cfg.train.lr, cfg, device, model.no_weight_decay())
+    optimizer = script.build_optimizer(model, cfg, device)
     run = training.step_module(model, device, cfg.train)   # train.compile / channels_last as in training
     b, size, classes = cfg.train.batch_size, cfg.data.image_size, list(cfg.data.classes)
 
@@ -142,8 +141,7 @@ def bench_concept_cam(script, cfg, phase, device, ctx, scaler):
     freeze = stage == 1 and stage_cfg.freeze_backbone
     trainable = training.set_trainable(model, script.trainable_patterns(stage, freeze, cfg.stage3.task_head),
                                        verbose=False)
-    lr_scales = {"backbone.*": stage_cfg.backbone_lr_scale} if stage == 1 else None
-    optimizer = _optimizer(model, stage_cfg.lr, cfg, device, model.no_weight_decay(), lr_scales)
+    optimizer = script.build_optimizer(model, cfg, stage, device)
     run = training.step_module(model, device, cfg.train)   # train.compile / channels_last as in training
     grid = model.backbone.patch_embed.grid_size
     b, size, K = cfg.train.batch_size, cfg.model.image_size, len(VINDR_CONCEPTS)
@@ -163,12 +161,9 @@ def bench_concept_cam(script, cfg, phase, device, ctx, scaler):
 
 
 def bench_patch_ib(script, cfg, phase, device, ctx, scaler):
-    import fnmatch
     spec = training.Config(name=phase, **cfg.phases[phase])
     model = script.build_model(cfg).to(device)
-    names = [n for n, _ in model.named_parameters()]
-    patterns = [p for p in script.PHASE_TRAINABLE[phase] if any(fnmatch.fnmatchcase(n, p) for n in names)]
-    trainable = training.set_trainable(model, patterns, verbose=False)
+    trainable = training.set_trainable(model, script.phase_patterns(model, phase), verbose=False)
     optimizer = _optimizer(model, spec.lr, cfg, device, model.no_weight_decay())
     run = training.step_module(model, device, cfg.train)   # train.compile / channels_last as in training
     b, size = cfg.train.batch_size, cfg.data.image_size
@@ -259,7 +254,7 @@ def measure(system, cfg, phase, variant, steps, warmup, device, flops=None, gen_
         _sync(device)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    p90 = sorted(times)[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    p90 = sorted(times)[round(0.9 * (len(times) - 1))]
     row = {"system": system, "phase": str(phase), "variant": variant, "dtype": dtype, "device": device_name(device),
            "note": bench["note"], "samples_per_step": bench["samples"], "steps": steps, "warmup": warmup,
            "warmup_s": round(warmup_s, 2), "ms_per_step_median": round(median * 1e3, 2),
@@ -307,10 +302,6 @@ def generation_speed(bench, cfg, device, ctx, tokens):
 
 def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-
-
-def checkpoint_note(device):
-    return peak_tflops(device)[1]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -390,7 +381,7 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown --variants {unknown}")
     device = torch.device(args.device)
-    print(f"{device_name(device)}; {checkpoint_note(device)}; torch {torch.__version__}", flush=True)
+    print(f"{device_name(device)}; {peak_tflops(device)[1]}; torch {torch.__version__}", flush=True)
     phases = args.phase.split(",") if args.phase else None
     rows = []
     for system in SYSTEMS if args.system == "all" else [args.system]:
