@@ -21,8 +21,7 @@ Design choices:
 - Data: phantoms from the "hub" seed range only (data.phantom.PHANTOM_SPLIT_SEEDS["hub"]), so the hub never
   sees a downstream train/val/test phantom; held-out measurements use indices from HELD_OUT_START on.
 - Fixed seeds and fixed step counts; `torch.set_num_threads` uses every core during a build. Two builds on one
-  machine (same core count) give bit-identical files for the SigLIP, T5 and vision entries; not yet for
-  tiny-hub/bert-mlm, whose WordPieceTrainer vocabulary differs per process (tiny_hub_text).
+  machine (same core count) give bit-identical files (their tokenizers are counted, not trained: tiny_hub_text).
 - The vision models' image size is a build parameter (default 96 = a 6x6 grid of 16-px patches);
   consumers at 64-128 px resample the position embeddings (timm does it on load; SigLIP takes
   `interpolate_pos_encoding=True`).
@@ -66,7 +65,8 @@ class HubEntry:
 
 HUB = {entry.name: entry for entry in [
     HubEntry("tiny-hub/bert-mlm", "bert-mlm", tiny_hub_text.build_bert_mlm, 150, False,
-             "Bio_ClinicalBERT / BioBERT / PubMedBERT"),
+             "Bio_ClinicalBERT / BioBERT / PubMedBERT",
+             version=2),    # 2: counted word pieces (tiny_hub_text.counted_wordpiece_tokenizer)
     HubEntry("tiny-hub/t5-span", "t5-span", tiny_hub_text.build_t5_span, 600, False, "Flan-T5",
              version=2),    # 2: counted word pieces (tiny_hub_text.counted_unigram_tokenizer)
     HubEntry("tiny-hub/siglip", "siglip", tiny_hub_text.build_siglip, 400, True, "SigLIP, BiomedCLIP towers",

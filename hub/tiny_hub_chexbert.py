@@ -21,7 +21,7 @@ Edits are drawn per batch from the build's generator (train) or a fixed seed (he
 Design choices:
 - Vocabulary: the corpus's and the templates' whole words by count, plus every ASCII letter, digit and
   punctuation mark alone and as a "##" continuation, so any text tokenizes; sorted, so every build in
-  every process has the same ids (WordPieceTrainer's do not, tiny_hub_text.train_wordpiece_tokenizer).
+  every process has the same ids (tiny_hub_text.counted_wordpiece_tokenizer, shared with tiny-hub/bert-mlm).
 - BERT: 2 layers, width 128, 2 heads (width / 64, the rule models/chexbert.py infers the head count by),
   feed-forward 256, no dropout while training (bert_config says why), 512 positions (the published
   512-token cut applies unchanged). Trained from scratch: the published CheXbert starts from
@@ -37,19 +37,16 @@ Design choices:
 Shape letters: B batch, L tokens, D width, H heads (14).
 """
 import re
-import string
-from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
 import torch
-from tokenizers import pre_tokenizers
 from torch import nn
-from transformers import BertConfig, BertModel, BertTokenizer
+from transformers import BertConfig, BertModel
 
 from data import phantom_report
 from data.labels import CHEXBERT_CONDITIONS, CHEXPERT_LABELS
-from hub.tiny_hub_text import check_vocab_fits, evaluate_loss, train_steps
+from hub.tiny_hub_text import check_vocab_fits, counted_wordpiece_tokenizer, evaluate_loss, train_steps
 
 CHECKPOINT_FILENAME = "chexbert.pth"     # models/chexbert.py reads this name inside the folder
 VOCAB_SIZE = 512
@@ -190,20 +187,6 @@ def template_texts():
     return [t.format(side=side, zone=zone) for t in texts for side in SIDES for zone in ZONES]
 
 
-def counted_wordpiece_tokenizer(texts, vocab_size=VOCAB_SIZE):
-    """BertTokenizer over whole words by count (ties alphabetical) + every ASCII character alone and as
-    "##c"; [PAD] is id 0 (CheXbert's PAD_IDX)."""
-    split = pre_tokenizers.BertPreTokenizer()
-    counts = Counter(word for text in texts for word, _ in split.pre_tokenize_str(text.lower()))
-    characters = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    fallback = characters + ["##" + c for c in characters]
-    budget = vocab_size - len(specials) - len(fallback)
-    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in set(fallback)][:budget]
-    vocab = {token: i for i, token in enumerate(specials + fallback + words)}
-    return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=MAX_TOKENS)
-
-
 def bert_config():
     """Trained without BERT's dropout (0.1): 500 steps reach 0.977 mean head accuracy instead of 0.967 at 800
     steps, and each step is 30% faster. The file stores no config; a loader's default 0.1 is inert in eval."""
@@ -263,7 +246,7 @@ def build_chexbert(out_dir, corpus, held_out, steps=600, seed=0, progress=None, 
     """Train on edited hub-corpus reports; measure on edited and plain held-out reports; save the published
     layout + tokenizer into out_dir. -> (measurements, the trained ChexbertTrainingNet)."""
     torch.manual_seed(seed)
-    tokenizer = counted_wordpiece_tokenizer(list(corpus["reports"]) + template_texts())
+    tokenizer = counted_wordpiece_tokenizer(list(corpus["reports"]) + template_texts(), VOCAB_SIZE, MAX_TOKENS)
     check_vocab_fits(tokenizer, VOCAB_SIZE, "tiny-hub/chexbert")
     model, twin = ChexbertTrainingNet(bert_config()), ChexbertTrainingNet(bert_config())
 

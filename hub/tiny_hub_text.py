@@ -12,7 +12,7 @@ Design choices:
   pre-tokenizer, [CLS]/[SEP] or </s> post-processing).
 - The T5 and SigLIP pieces are counted on the corpus, whole words first, not learned by UnigramTrainer
   (counted_unigram_tokenizer says why: fragments, and another vocabulary in every process).
-- The BERT pieces still come from WordPieceTrainer, which is not reproducible either (train_wordpiece_tokenizer).
+- The BERT pieces are counted the same way (counted_wordpiece_tokenizer; WordPieceTrainer's differ per process).
 - The T5 tokenizer carries 100 sentinels <extra_id_0>..<extra_id_99> as T5 does; they are appended after
   the learned pieces (so <extra_id_0> has the smallest sentinel id, unlike Google's T5 vocab).
 - SigLIP's own tokenizer class needs `sentencepiece` (not installed), so its text tower gets a Unigram
@@ -33,7 +33,7 @@ from collections import Counter
 from types import SimpleNamespace
 
 import torch
-from tokenizers import Tokenizer, models as tok_models, normalizers, pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 from transformers import (BertConfig, BertForMaskedLM, BertTokenizer, SiglipConfig, SiglipModel,
                           T5Config, T5ForConditionalGeneration, T5Tokenizer)
 
@@ -48,20 +48,25 @@ TEXT_MAX_LENGTH = 128       # BERT/T5 inputs are truncated to this many tokens
 # --------------------------------------------------------------------------------------------------
 # tokenizers
 
-def train_wordpiece_tokenizer(reports, vocab_size=BERT_VOCAB_SIZE):
-    """Lower-cased WordPiece over the reports, wrapped as a transformers BertTokenizer.
+def counted_wordpiece_tokenizer(texts, vocab_size=BERT_VOCAB_SIZE, model_max_length=TEXT_MAX_LENGTH):
+    """Lower-cased WordPiece pieces counted on the corpus, wrapped as a transformers BertTokenizer.
 
-    Not the same in every process: WordPieceTrainer breaks merge ties in hash order (five trainings on the hub
-    corpus gave five vocabularies, 41-55 pieces apart), so each build of tiny-hub/bert-mlm differs. A counted
-    whole-word vocabulary (as T5's and SigLIP's) would fix that, but it moved WSRPN-VL's seed-0 test RoDeO from
-    0.4235 (the dev box's current build) to 0.3887 (docs/wsrpn_vl.md), so it waits until WSRPN-VL is re-measured on it."""
+    Vocabulary = [PAD] (id 0, CheXbert's PAD_IDX), [UNK], [CLS], [SEP], [MASK], every ASCII letter, digit and
+    punctuation mark alone and as a "##" continuation (so any text tokenizes), then whole words as
+    BertPreTokenizer splits them, by count (ties alphabetical) until `vocab_size` is full. The same pieces and
+    ids in every process. Why not WordPieceTrainer: it breaks merge ties in hash order, so five trainings on
+    the hub corpus gave five vocabularies, 41-55 pieces apart, and every build of tiny-hub/bert-mlm (and every
+    number measured on it) differed."""
+    split = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(word for text in texts for word, _ in split.pre_tokenize_str(text.lower()))
+    characters = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(tok_models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)   # same as BertTokenizer's
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator(reports, trainers.WordPieceTrainer(vocab_size=vocab_size,
-                                                                     special_tokens=specials))
-    return BertTokenizer(vocab=tokenizer.get_vocab(), do_lower_case=True, model_max_length=TEXT_MAX_LENGTH)
+    fallback = characters + ["##" + c for c in characters]
+    budget = vocab_size - len(specials) - len(fallback)
+    in_fallback = set(fallback)
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in in_fallback][:budget]
+    vocab = {token: i for i, token in enumerate(specials + fallback + words)}
+    return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=model_max_length)
 
 
 T5_SPECIALS = ["<pad>", "</s>", "<unk>"]   # ids 0, 1, 2 of every Unigram vocabulary here
@@ -86,9 +91,8 @@ def counted_unigram_tokenizer(reports, vocab_size, extra_ids, model_max_length):
     pre-tokenizer leaves them, by count (score = log relative frequency) until the budget is full; then every
     character seen plus ASCII letters, digits and punctuation, alone and after "\u2581", scored below any
     word, so any text still tokenizes. Vocabulary = [<pad>, </s>, <unk>, pieces...] + `extra_ids` sentinels.
-    The trainer's vocabulary also differed per process (same pieces, but its required characters got scores 1e-4
-    apart in hash order and its float sums differed by 1e-14), so tiny-hub/siglip(-cxr) builds, which used it
-    until build 2, differed run to run; counted pieces are the same in every process."""
+    The trainer's vocabulary also differs per process (same pieces, but its required characters get scores 1e-4
+    apart in hash order and its float sums differ by 1e-14); counted pieces are the same in every process."""
     pre = t5_pre_tokenizer()
     counts, characters = Counter(), set()
     for report in reports:
@@ -307,7 +311,7 @@ def pretrain_text_model(out_dir, model, twin, tokenizer, make_batch, objective, 
 
 def build_bert_mlm(out_dir, corpus, held_out, steps=400, seed=0, progress=None):
     torch.manual_seed(seed)
-    tokenizer = train_wordpiece_tokenizer(corpus["reports"])
+    tokenizer = counted_wordpiece_tokenizer(corpus["reports"])
     check_vocab_fits(tokenizer, BERT_VOCAB_SIZE, "tiny-hub/bert-mlm")
     model, twin = BertForMaskedLM(bert_config()), BertForMaskedLM(bert_config())
     return pretrain_text_model(out_dir, model, twin, tokenizer, mlm_batch, "masked-LM cross-entropy", corpus,

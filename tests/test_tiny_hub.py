@@ -109,15 +109,16 @@ from hub import tiny_hub, tiny_hub_text as text
 reports = tiny_hub.phantom_corpus(192, 64, 0, "")["reports"]
 siglip = text.siglip_tokenizer(dict(reports=reports), "tiny-hub/siglip")
 t5 = text.counted_unigram_tokenizer(reports, text.T5_VOCAB_SIZE, text.T5_SENTINELS, 128)
+bert = text.counted_wordpiece_tokenizer(reports)
 digest = lambda tok: hashlib.sha1(tok.backend_tokenizer.to_str().encode()).hexdigest()
-print(json.dumps(dict(siglip=digest(siglip), t5=digest(t5))))
+print(json.dumps(dict(siglip=digest(siglip), t5=digest(t5), bert=digest(bert))))
 """
 
 
 def test_tokenizers_are_the_same_in_every_process():
-    """The hub's SigLIP and T5 tokenizers (pieces, ids and scores) come out identical in separate processes.
-    UnigramTrainer, which made SigLIP's before, did not: it gave its required characters scores 1e-4 apart in
-    hash order. (tiny-hub/bert-mlm's WordPieceTrainer still differs per process: train_wordpiece_tokenizer.)"""
+    """The hub's SigLIP, T5 and BERT tokenizers (pieces, ids and scores) come out identical in separate
+    processes. The `tokenizers` trainers do not: UnigramTrainer gives its required characters scores 1e-4 apart
+    in hash order, WordPieceTrainer breaks merge ties in hash order."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     runs = [subprocess.run([sys.executable, "-c", VOCAB_SCRIPT], cwd=root, capture_output=True, text=True,
                            check=True).stdout.strip().splitlines()[-1] for _ in range(2)]
@@ -142,6 +143,25 @@ def test_t5_tokenizer_keeps_phantom_words_whole(tmp_path, corpora):
                                                                   "\u2581effusion", "."]
     assert tokenizer.tokenize("zebrafish")[0] == "\u2581z" and tokenizer.unk_token_id not in tokenizer("lungs").input_ids
     assert tokenizer.convert_tokens_to_ids("<extra_id_99>") == len(tokenizer) - 1
+
+
+def test_bert_tokenizer_keeps_phantom_words_whole(tmp_path, corpora):
+    """The counted WordPiece vocabulary: [PAD] at id 0, one piece per lower-cased word or punctuation mark of
+    held-out phantom reports (numbers aside), "##" characters for unseen words (no [UNK]), the same ids after a
+    save and load."""
+    train, held = corpora[0]["reports"], corpora[1]["reports"]
+    tokenizer = text.counted_wordpiece_tokenizer(train)
+    assert len(tokenizer) <= text.BERT_VOCAB_SIZE and tokenizer.pad_token_id == 0
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded.get_vocab() == tokenizer.get_vocab()
+    for report in held[:20]:
+        pieces = reloaded.tokenize(report)
+        # every phantom word is whole; a number the small corpus never had may split into digits
+        assert not any(p.startswith("##") and not p[2:].isdigit() for p in pieces), (report, pieces)
+        assert reloaded.unk_token not in pieces
+    assert reloaded.tokenize("Findings: Pleural effusion.") == ["findings", ":", "pleural", "effusion", "."]
+    assert reloaded.tokenize("zebrafish")[:2] == ["z", "##e"]
 
 
 def test_siglip_reloads_and_beats_random_twin(tmp_path, corpora):
