@@ -175,7 +175,11 @@ def feature_table(backbone, dataset, cfg, device, ctx):
 
 
 def build_model(cfg, pretrained=True):
-    return ConceptCAM(ConceptCamConfig.from_dict(dict(cfg.model)), pretrained=pretrained)
+    """ConceptCAM of cfg.model; the backbone weights load from model.backbone when `pretrained` and
+    model.pretrained (false: random weights, nothing read)."""
+    values = dict(cfg.model)
+    use_pretrained = values.pop("pretrained", True)
+    return ConceptCAM(ConceptCamConfig.from_dict(values), pretrained=pretrained and use_pretrained)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -313,7 +317,8 @@ def run_stage(cfg, stage, out_dir, resume=None, final_eval=True, datasets=None):
     if checkpoint is not None and checkpoint["phase"] > stage:
         raise training.ConfigError(f"{resume} is a stage {checkpoint['phase']} checkpoint; stage {stage} can start "
                                    f"from stage {stage - 1} or resume stage {stage}")
-    pretrained = checkpoint is None or bool(checkpoint.get("frozen"))  # else every weight is in the checkpoint
+    # else every weight is in the checkpoint; model.pretrained=false: random weights, nothing frozen by source
+    pretrained = cfg.model.get("pretrained", True) and (checkpoint is None or bool(checkpoint.get("frozen")))
     model = build_model(cfg, pretrained=pretrained).to(device)
     frozen = training.frozen_pretrained(model, frozen_sources(cfg) if pretrained else {}, every_stage_trainable(cfg))
     if checkpoint is not None:

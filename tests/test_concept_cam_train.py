@@ -280,3 +280,39 @@ def test_validation_loss_early_stopping_and_the_collapse_warning(tmp_path, monke
     script.run_stage(collapsed, 1, tmp_path / "collapsed", final_eval=False)
     out = capsys.readouterr().out
     assert "concept CAMs collapsed to zero" in out and "loss.localization_margin=0.0" in out
+
+
+@pytest.mark.slow
+def test_paper_config_builds_the_paper_size_model_and_runs_each_stage_on_prepared_vindr_dicom(tmp_path):
+    """configs/concept_cam.yaml as it is with model.pretrained=false: a MedMAE-shaped ViT-B/16 at 224 px
+    (14 x 14 grid, 768 wide), projector 256, 10 prototypes per concept. 224-px phantoms written as the VinDr-CXR
+    DICOM release (12-bit, originals 4x larger, 3 readers) go through `python -m data.prepare vindr` into PNGs
+    with the original sizes recorded, and each stage takes two steps on them (about 1-2 min on 2 CPU cores)."""
+    pytest.importorskip("pydicom")
+    from data.phantom import phantom_split
+    from data.prepare import prepare
+    from data.vindr import write_vindr
+    raw, prepared = tmp_path / "raw", tmp_path / "prepared"
+    write_vindr(raw, phantom_split("train", 12, 224), split="train", image_format="dicom")
+    written = write_vindr(raw, phantom_split("test", 4, 224), split="test", image_format="dicom")
+    prepare("vindr", raw, prepared, size=512, workers=1, progress=False)
+    sizes = (prepared / "image_sizes.csv").read_text().splitlines()
+    assert f"{written['image_ids'][0]},896,896" in sizes        # the DICOM's size, not the PNG's
+    overrides = ["model.pretrained=false", f"data.root={prepared}", "data.num_workers=0", "train.batch_size=2",
+                 "train.stop_after_steps=2", "train.device=cpu", "train.log_interval=1", "eval.visualize=0"]
+    cfg = training.load_config(training.REPO_ROOT / "configs" / "concept_cam.yaml", overrides)
+    assert cfg.data.dataset == "vindr" and cfg.data.image_format == "png" and cfg.model.image_size == 224
+    run, previous = None, None
+    for stage in (1, 2, 3):
+        out = tmp_path / f"stage{stage}"
+        script.run_stage(cfg, stage, out, resume=previous)
+        previous = out / "last.pt"
+        checkpoint = torch.load(previous, weights_only=False)
+        assert checkpoint["phase"] == stage
+        rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+        run = checkpoint
+    weights = run["model"]
+    assert weights["backbone.pos_embed"].shape == (1, 197, 768)      # 14 x 14 patches + CLS
+    assert weights["backbone.blocks.11.attn.qkv.weight"].shape == (2304, 768)
+    assert weights["prototypes"].shape == (22, 10, 256) and weights["task_head.weight"].shape == (6, 220)
