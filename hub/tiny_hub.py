@@ -32,13 +32,16 @@ CLI:  python -m hub.tiny_hub build [--cache DIR] [--only NAME] [--force] [--imag
       python -m hub.tiny_hub list [--cache DIR]
 """
 import argparse
+import contextlib
 import json
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -158,6 +161,19 @@ def write_json_atomic(path, payload):
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def callers_random_state_kept():
+    """The torch (CPU), numpy and Python random streams are as they were when this exits: a build seeds them,
+    and a run that builds a hub model on first use must go on with the numbers it would have drawn anyway."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+
 @torch.enable_grad()  # the first use may come from inside a caller's torch.no_grad() (a query initialization)
 def build_model(name, cache=None, steps=None, force=False, image_size=DEFAULT_IMAGE_SIZE, corpora=None,
                 seed=BUILD_SEED, verbose=True):
@@ -178,17 +194,19 @@ def build_model(name, cache=None, steps=None, force=False, image_size=DEFAULT_IM
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
-        train, held_out = corpora if corpora is not None else default_corpora(image_size)
-        tmp_dir = os.path.join(cache, f".tmp-{entry.filename}-{os.getpid()}")
-        remove_path(tmp_dir)
-        os.makedirs(tmp_dir)
-        out_path = tmp_dir if "." not in entry.filename else os.path.join(tmp_dir, entry.filename)
-        extra = dict(image_size=image_size) if entry.uses_image_size else {}
-        with tqdm(total=steps, desc=name, disable=None if verbose else True) as progress:
-            measurements, _ = entry.build(out_path, train, held_out, steps=steps, seed=seed, progress=progress, **extra)
-        remove_path(target)      # a stale or half-built copy without marker
-        os.replace(out_path, target)
-        remove_path(tmp_dir)
+        with callers_random_state_kept():   # the caller's random streams go on unchanged
+            train, held_out = corpora if corpora is not None else default_corpora(image_size)
+            tmp_dir = os.path.join(cache, f".tmp-{entry.filename}-{os.getpid()}")
+            remove_path(tmp_dir)
+            os.makedirs(tmp_dir)
+            out_path = tmp_dir if "." not in entry.filename else os.path.join(tmp_dir, entry.filename)
+            extra = dict(image_size=image_size) if entry.uses_image_size else {}
+            with tqdm(total=steps, desc=name, disable=None if verbose else True) as progress:
+                measurements, _ = entry.build(out_path, train, held_out, steps=steps, seed=seed, progress=progress,
+                                              **extra)
+            remove_path(target)      # a stale or half-built copy without marker
+            os.replace(out_path, target)
+            remove_path(tmp_dir)
     finally:
         torch.set_num_threads(threads)
     seconds = time.time() - start

@@ -401,3 +401,25 @@ def test_model_built_with_other_step_count_is_rebuilt(tmp_path, monkeypatch):
     tiny_hub.ensure_built("tiny-hub/fake", cache)
     tiny_hub.ensure_built("tiny-hub/fake", cache)
     assert calls == [3, 5, 2, 5, 5] and tiny_hub.read_marker("tiny-hub/fake", cache)["version"] == 2
+
+
+def test_a_build_on_first_use_leaves_the_callers_random_streams_as_they_were(tmp_path, corpora):
+    """A run that builds a hub model on first use draws the same numbers afterwards as a run whose hub was built
+    before (the builds seed torch; without this a first run on an empty hub trained from other weights)."""
+    import random
+
+    import numpy as np
+
+    def draws():
+        return torch.rand(4), np.random.rand(3), random.random()
+
+    def seed_all():
+        torch.manual_seed(123), np.random.seed(5), random.seed(7)
+
+    seed_all()
+    expected = draws()
+    seed_all()
+    tiny_hub.build_model("tiny-hub/bert-mlm", cache=str(tmp_path), steps=2, corpora=corpora, verbose=False)
+    got = draws()
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+    assert tiny_hub.is_built("tiny-hub/bert-mlm", str(tmp_path))
