@@ -361,8 +361,7 @@ def train_phase(cfg, phase, out_dir, resume=None, final_test=True):
     frozen = training.frozen_pretrained(model, frozen_sources(cfg), every_phase_trainable(model))  # not in checkpoints
 
     # optimizer + scaler
-    optimizer = training.build_optimizer(model, p.lr, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay(),
-                                         lr_scales=lr_scales(p), fused=training.fused_adamw(cfg.train, device))
+    optimizer = training.adamw(model, p.lr, cfg.train, device, lr_scales=lr_scales(p))
     ddp_model = training.step_module(model, device, cfg.train)   # train.compile / channels_last; torchrun: DDP
 
     # resume: same phase -> exact continuation; earlier phase -> its weights, a fresh optimizer at step 0

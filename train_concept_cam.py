@@ -226,10 +226,8 @@ def validation_metric(predictions, stage):
 def build_optimizer(model, cfg, stage, device):
     """AdamW over what the stage trains (call after set_trainable); stage 1's backbone at lr * backbone_lr_scale."""
     stage_cfg = cfg[f"stage{stage}"]
-    return training.build_optimizer(model, stage_cfg.lr, cfg.train.weight_decay,
-                                    no_weight_decay=model.no_weight_decay(),
-                                    lr_scales={"backbone.*": stage_cfg.backbone_lr_scale} if stage == 1 else None,
-                                    fused=training.fused_adamw(cfg.train, device))
+    return training.adamw(model, stage_cfg.lr, cfg.train, device,
+                          lr_scales={"backbone.*": stage_cfg.backbone_lr_scale} if stage == 1 else None)
 
 
 def stage_loss(model, batch, cfg, stage, pos_weight, grid, device):

@@ -179,9 +179,7 @@ def train(cfg, out_dir, resume=None):
         print(f"phase {phase.name}: steps {start}-{phase_ends[index]}, use_local={phase.use_local}, "
               f"use_ib={phase.use_ib}, trainable {patterns}")
         trainable = training.set_trainable(model, patterns)
-        optimizer = training.build_optimizer(model, phase.lr, cfg.train.weight_decay,
-                                             no_weight_decay=model.no_weight_decay(),
-                                             fused=training.fused_adamw(cfg.train, device))
+        optimizer = training.adamw(model, phase.lr, cfg.train, device)
         # train.compile; torchrun: DDP rebuilt for each phase's freezing (heads a phase switches off get no gradient)
         ddp_model = training.step_module(model, device, cfg.train, find_unused_parameters=True)
         if resume_ckpt is not None:     # exact resume: RNG always, optimizer state within the same phase

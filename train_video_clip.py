@@ -159,9 +159,7 @@ def train(cfg, out_dir, resume=None):
     trainable = training.set_trainable(model, TRAINABLE)
 
     # optimizer + scaler
-    optimizer = training.build_optimizer(model, cfg.train.lr, cfg.train.weight_decay,
-                                         no_weight_decay=model.no_weight_decay(),
-                                         fused=training.fused_adamw(cfg.train, device))
+    optimizer = training.adamw(model, cfg.train.lr, cfg.train, device)
     ddp_model = training.step_module(model, device, cfg.train)   # train.compile / channels_last; torchrun: DDP
 
     # resume

@@ -145,10 +145,8 @@ ROI_BRANCH = ["wsrpn.roi_tokens", "wsrpn.roi_attention.*", "wsrpn.gaussian_predi
 
 def build_optimizer(model, cfg, device):
     """AdamW over what trains (call after set_trainable); the ROI branch at lr * train.roi_lr_scale."""
-    t = cfg.train
-    return training.build_optimizer(model, t.lr, t.weight_decay, no_weight_decay=model.no_weight_decay(),
-                                    lr_scales={pattern: t.roi_lr_scale for pattern in ROI_BRANCH},
-                                    fused=training.fused_adamw(t, device))
+    return training.adamw(model, cfg.train.lr, cfg.train, device,
+                          lr_scales={pattern: cfg.train.roi_lr_scale for pattern in ROI_BRANCH})
 
 
 def build_scheduler(cfg):

@@ -624,6 +624,13 @@ def build_optimizer(model, lr, weight_decay, betas=(0.9, 0.999), no_weight_decay
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
 
 
+def adamw(model, lr, train_cfg, device, lr_scales=None):
+    """build_optimizer as every script uses it: train.weight_decay except model.no_weight_decay(), the fused
+    kernel by train.fused_adamw; lr_scales {pattern: factor} for parameter groups at lr * factor."""
+    return build_optimizer(model, lr, train_cfg.weight_decay, no_weight_decay=model.no_weight_decay(),
+                           lr_scales=lr_scales, fused=fused_adamw(train_cfg, device))
+
+
 def get_lr(step, lr, warmup_steps, total_steps, min_lr=0.0):
     """Linear warmup over `warmup_steps`, then cosine from `lr` down to `min_lr` at `total_steps`."""
     if step < warmup_steps:

@@ -73,11 +73,6 @@ def report_text(words):
 # one adapter per system: -> dict(model, step(batch, step), batch(), samples, note); each calls the script's
 # own build_model, freezing table and training step
 
-def _optimizer(model, lr, cfg, device, no_weight_decay=(), lr_scales=None):
-    return training.build_optimizer(model, lr, cfg.train.weight_decay, no_weight_decay=no_weight_decay,
-                                    lr_scales=lr_scales, fused=training.fused_adamw(cfg.train, device))
-
-
 def bench_chexquery(script, cfg, phase, device, ctx, scaler):
     from transformers import AutoTokenizer
     from hub.pretrained import load_hf
@@ -85,7 +80,7 @@ def bench_chexquery(script, cfg, phase, device, ctx, scaler):
     p, accum = script.phase_settings(cfg, phase)
     model = script.build_model(cfg).to(device)
     trainable = training.set_trainable(model, script.trainable_patterns(model, phase), verbose=False)
-    optimizer = _optimizer(model, p.lr, cfg, device, model.no_weight_decay(), script.lr_scales(p))
+    optimizer = training.adamw(model, p.lr, cfg.train, device, lr_scales=script.lr_scales(p))
     # paper tokenizer (T5's) is not on disk offline: the tiny hub's T5 tokenizer, ids inside T5's vocabulary
     tokenizer = (script.load_tokenizer_for(cfg) if cfg.model.pretrained else load_hf(AutoTokenizer, "tiny-hub/t5-span"))
     prompt = script.prompt_prefix(cfg.data.prompt_template)
@@ -164,7 +159,7 @@ def bench_patch_ib(script, cfg, phase, device, ctx, scaler):
     spec = training.Config(name=phase, **cfg.phases[phase])
     model = script.build_model(cfg).to(device)
     trainable = training.set_trainable(model, script.phase_patterns(model, phase), verbose=False)
-    optimizer = _optimizer(model, spec.lr, cfg, device, model.no_weight_decay())
+    optimizer = training.adamw(model, spec.lr, cfg.train, device)
     run = training.step_module(model, device, cfg.train)   # train.compile / channels_last as in training
     b, size = cfg.train.batch_size, cfg.data.image_size
     text = report_text(SYNTHETIC_WORDS["patch_ib"])
@@ -184,7 +179,7 @@ def bench_patch_ib(script, cfg, phase, device, ctx, scaler):
 def bench_video_clip(script, cfg, phase, device, ctx, scaler):
     model = script.build_model(cfg).to(device)
     trainable = training.set_trainable(model, script.TRAINABLE, verbose=False)
-    optimizer = _optimizer(model, cfg.train.lr, cfg, device, model.no_weight_decay())
+    optimizer = training.adamw(model, cfg.train.lr, cfg.train, device)
     run = training.step_module(model, device, cfg.train)   # train.compile / channels_last as in training
     m, d = cfg.model, cfg.data
     b, T, size = cfg.train.batch_size, d.num_frames, d.image_size
