@@ -163,10 +163,12 @@ def write_json_atomic(path, payload):
 
 @contextlib.contextmanager
 def callers_random_state_kept():
-    """The torch (CPU), numpy and Python random streams are as they were when this exits: a build seeds them,
-    and a run that builds a hub model on first use must go on with the numbers it would have drawn anyway."""
+    """The torch (CPU and every CUDA device), numpy and Python random streams are as they were when this exits: a
+    build seeds them (torch.manual_seed seeds CUDA too), and a run that builds a hub model on first use must go
+    on with the numbers it would have drawn anyway."""
     numpy_state, python_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=[]):
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda_devices):
         try:
             yield
         finally:
